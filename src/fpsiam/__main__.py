@@ -1,0 +1,3 @@
+from fpsiam.cli import main
+
+raise SystemExit(main())

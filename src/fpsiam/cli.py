@@ -1,0 +1,175 @@
+"""The ``fpsiam`` command: thin, one function per subcommand (DESIGN §5).
+
+Each ``cmd_*`` function parses nothing itself: it calls the module that does the job and prints what
+it returns. A :class:`FpsiamError` becomes one line on stderr and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fpsiam import __version__
+from fpsiam.errors import FpsiamError
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from fpsiam.data.convert import ConvertOptions, convert_dataset
+
+    options = ConvertOptions(
+        clip_boxes=args.clip_boxes,
+        drop_degenerate=args.drop_degenerate,
+        min_area=args.min_area,
+        video_pattern=args.video_pattern,
+    )
+    report = convert_dataset(args.format, Path(args.src), Path(args.output), args.images, options)
+    print("\n".join(report.lines()))
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from fpsiam.data.check import check_annotations
+
+    report = check_annotations(Path(args.ann), args.images, decode=not args.no_decode)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from fpsiam.data.check import split_annotations
+
+    paths = split_annotations(
+        Path(args.ann),
+        Path(args.output),
+        by=args.by,
+        fractions=tuple(args.fractions),
+        seed=args.seed,
+        lists=args.list,
+        images=args.images,
+    )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from fpsiam.data.frames import open_frames
+    from fpsiam.data.stats import compute_stats
+
+    source = open_frames(args.src, stride=args.stride, images=args.images)
+    stats = compute_stats(source, max_frames=args.max_frames, seed=args.seed)
+    print(f"frames: {stats.frames}")
+    print("mean: " + ", ".join(f"{v:.4f}" for v in stats.mean))
+    print("std:  " + ", ".join(f"{v:.4f}" for v in stats.std))
+    print(f"(config: --set data.mean=[{','.join(f'{v:.4f}' for v in stats.mean)}] "
+          f"--set data.std=[{','.join(f'{v:.4f}' for v in stats.std)}])")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from fpsiam.data.synthetic import SynthOptions, generate
+
+    summary = generate(
+        Path(args.output),
+        SynthOptions(videos=args.videos, frames=args.frames, seed=args.seed, width=args.width,
+                     height=args.height, mp4=not args.no_mp4),
+    )
+    print("\n".join(summary.lines()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fpsiam",
+        description="FPSiam self-supervised pretraining and polyp-detection transfer.",
+    )
+    parser.add_argument("--version", action="version", version=f"fpsiam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="convert, check, split, measure and synthesise polyp data")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    p = dsub.add_parser(
+        "convert",
+        help="convert a public polyp dataset to COCO json",
+        description="Convert a public polyp dataset to COCO json (category 'polyp'), keeping video ids, "
+        "frame indices and track ids where the source has them.",
+    )
+    p.add_argument("--format", required=True, choices=["ldpolypvideo", "kvasir", "masks", "voc", "yolo", "coco"])
+    p.add_argument("src", help="dataset root, annotation folder or file (see README: Data formats)")
+    p.add_argument("-o", "--output", required=True, help="output COCO json")
+    p.add_argument("--images", help="images folder, when it is not where the format expects it")
+    p.add_argument("--clip-boxes", action="store_true",
+                   help="clip boxes that overhang the image instead of failing (count reported)")
+    p.add_argument("--drop-degenerate", action="store_true",
+                   help="drop zero/negative-area boxes instead of failing (count reported)")
+    p.add_argument("--min-area", type=int, default=64,
+                   help="masks: drop connected components smaller than this many pixels (default 64)")
+    p.add_argument("--video-pattern", default=None,
+                   help="regex with named groups (?P<video>...) and (?P<frame>...) applied to image file "
+                   "names, for sources that encode video and frame in the name")
+    p.set_defaults(func=cmd_data_convert)
+
+    p = dsub.add_parser("check", help="validate a COCO json and print a summary",
+                        description="Validate a COCO json (files exist and decode, sizes match, boxes inside "
+                        "the image with positive area, ids unique) and print a summary. Exit 1 on problems.")
+    p.add_argument("ann", help="COCO json")
+    p.add_argument("--images", help="images folder (default: the json's folder)")
+    p.add_argument("--no-decode", action="store_true", help="only check that files exist (faster)")
+    p.set_defaults(func=cmd_data_check)
+
+    p = dsub.add_parser("split", help="split a COCO json into train/val/test without leakage",
+                        description="Grouped split: no video (or listed group) lands in two splits.")
+    p.add_argument("ann", help="COCO json")
+    p.add_argument("--by", choices=["video", "image", "list"], default="video",
+                   help="video: group by video_id (default); image: per image; list: by id lists (--list)")
+    p.add_argument("-o", "--output", required=True, help="output folder for train.json/val.json/test.json")
+    p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--list", action="append", default=[], metavar="NAME=FILE",
+                   help="with --by list: a split name and a text file of image file stems (Kvasir's train.txt)")
+    p.add_argument("--images", help="images folder the input's file names are relative to")
+    p.set_defaults(func=cmd_data_split)
+
+    p = dsub.add_parser("stats", help="per-channel mean/std of a frame source (streaming)")
+    p.add_argument("src", help="folder of images, video file/folder, LDPolypVideo PreTrain folder or COCO json")
+    p.add_argument("--images", help="images root when SRC is a COCO json")
+    p.add_argument("--stride", type=int, default=1, help="use every n-th frame")
+    p.add_argument("--max-frames", type=int, default=None, help="sample at most this many frames (random)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_stats)
+
+    p = dsub.add_parser("synth", help="write deterministic synthetic colonoscopy frames + COCO json + mp4")
+    p.add_argument("output", metavar="OUT_DIR")
+    p.add_argument("--videos", type=int, default=4)
+    p.add_argument("--frames", type=int, default=12, help="frames per video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--height", type=int, default=224)
+    p.add_argument("--no-mp4", action="store_true", help="skip writing the mp4 videos")
+    p.set_defaults(func=cmd_data_synth)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FpsiamError as e:
+        print(f"fpsiam: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fpsiam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""Typed dataclass configs loaded from YAML, with strict validation and ``--set a.b=c`` overrides.
+
+Every config is a tree of dataclasses. Loading is strict: an unknown key, or a value of the wrong type,
+is an :class:`~fpsiam.errors.FpsiamError` naming the file, the dotted key and the expected type.
+The effective config (file + overrides) is written into every run folder as ``config.yaml`` so a run
+can be reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from fpsiam.errors import FpsiamError
+from fpsiam.fileio import atomic_open
+
+T = TypeVar("T")
+
+# ----------------------------------------------------------------------------------------------------
+# Pretraining (DESIGN §1). Defaults are the paper's values; CPU presets in configs/ shrink them.
+# ----------------------------------------------------------------------------------------------------
+
+LDPOLYPVIDEO_MEAN = (0.654, 0.424, 0.266)
+LDPOLYPVIDEO_STD = (0.257, 0.182, 0.148)
+
+
+@dataclasses.dataclass
+class PretrainData:
+    """Where the unlabeled frames come from and how the two views are made."""
+
+    source: str = ""  # folder tree of images, LDPolypVideo PreTrain folder, video file/folder, or COCO json
+    images: str | None = None  # images root when ``source`` is a COCO json
+    stride: int = 1  # keep every n-th frame of a video / frame folder
+    size: int = 224  # RandomResizedCrop output size
+    min_scale: float = 0.2  # RandomResizedCrop scale=(min_scale, 1.0)
+    mean: list[float] = dataclasses.field(default_factory=lambda: list(LDPOLYPVIDEO_MEAN))
+    std: list[float] = dataclasses.field(default_factory=lambda: list(LDPOLYPVIDEO_STD))
+    temporal_k: int = 0  # 0: both views from the same frame; k > 0: second view from a frame within ±k
+    workers: int = 2  # DataLoader worker processes
+
+
+@dataclasses.dataclass
+class PretrainModel:
+    """The method and its encoder (DESIGN §1)."""
+
+    method: Literal["fpsiam", "simsiam"] = "fpsiam"
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    init: str = "imagenet"  # random | imagenet | path to a torchvision-keyed weights file
+    weights_file: str | None = None  # offline copy of torchvision's ImageNet weights (for init=imagenet)
+    pyramid_channels: int = 256
+    proj_dim: int = 2048
+    pred_dim: int = 512
+    lam: float = 0.5  # FPSiam: loss = lam * local + (1 - lam) * global
+    loss_scale: float = 1.0  # 1.0: the paper's formula; 3.0: what the reference runs effectively applied
+
+
+@dataclasses.dataclass
+class PretrainOptim:
+    """SGD with cosine decay per epoch; the predictor keeps its initial lr (SimSiam's fix_lr)."""
+
+    lr: float = 0.05  # for a global batch of 256; scaled linearly with the global batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    fix_predictor_lr: bool = True
+
+
+@dataclasses.dataclass
+class PretrainTrain:
+    """Loop length, precision, checkpointing and logging."""
+
+    epochs: int = 200
+    batch_size: int = 64  # per process; global batch = batch_size * world size
+    seed: int = 0
+    max_steps_per_epoch: int | None = None  # cap for smoke runs
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
+    channels_last: bool = True  # only applied on CUDA
+    sync_bn: bool = True  # only applied when distributed on CUDA
+    compile: bool = False
+    checkpoint_every: int = 1  # epochs
+    keep_last: int = 2
+    log_every: int = 10  # steps
+    collapse_warn: float = 0.1  # warn when the collapse monitor (std * sqrt(d)) falls below this
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """``fpsiam pretrain CONFIG.yaml``: everything a pretraining run needs."""
+
+    data: PretrainData = dataclasses.field(default_factory=PretrainData)
+    model: PretrainModel = dataclasses.field(default_factory=PretrainModel)
+    optim: PretrainOptim = dataclasses.field(default_factory=PretrainOptim)
+    train: PretrainTrain = dataclasses.field(default_factory=PretrainTrain)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading, overriding, validating, writing.
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> T:
+    """Load ``cls`` from a YAML file (or its defaults when ``path`` is None) and apply ``--set`` overrides."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise FpsiamError(f"{path}: config file not found; pass a YAML file (see configs/)")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise FpsiamError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise FpsiamError(f"{path}: a config is a mapping of sections (data:, model:, ...)")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value, cls, "--set")
+    return from_dict(cls, raw, where)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b=3"`` -> ``("a.b", 3)``; the value is parsed as YAML (numbers, booleans, lists, null)."""
+    if "=" not in item:
+        raise FpsiamError(f"--set {item}: expected key=value, e.g. --set train.epochs=2")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def set_dotted(raw: dict, key: str, value: Any, cls: type, where: str) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise FpsiamError(f"{where} {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], raw: Any, where: str, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and values of the wrong type."""
+    if not isinstance(raw, dict):
+        raise FpsiamError(f"{where}: key '{prefix or '<root>'}': expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known keys: {', '.join(names)}"
+            raise FpsiamError(f"{where}: unknown key '{dotted}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, where, dotted)
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
+    def bad() -> FpsiamError:
+        return FpsiamError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, key + ".")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where, key)
+            except FpsiamError:
+                continue
+        raise bad()
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad()
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if tp is Any:
+        return value
+    raise bad()
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the effective config as YAML, atomically (``RUN_DIR/config.yaml``)."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

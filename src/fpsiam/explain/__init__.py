@@ -1,0 +1,1 @@
+"""Explanations of trained models (Grad-CAM)."""

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: views -> backbone -> pyramid -> projector -> predictor -> loss."""

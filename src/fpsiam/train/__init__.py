@@ -1,0 +1,1 @@
+"""Shared training machinery: distributed setup, AMP, atomic checkpoints and exact resume, logging."""
