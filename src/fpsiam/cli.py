@@ -64,8 +64,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     print(f"frames: {stats.frames}")
     print("mean: " + ", ".join(f"{v:.4f}" for v in stats.mean))
     print("std:  " + ", ".join(f"{v:.4f}" for v in stats.std))
-    print(f"(config: --set data.mean=[{','.join(f'{v:.4f}' for v in stats.mean)}] "
-          f"--set data.std=[{','.join(f'{v:.4f}' for v in stats.std)}])")
+    print(
+        f"(config: --set data.mean=[{','.join(f'{v:.4f}' for v in stats.mean)}] "
+        f"--set data.std=[{','.join(f'{v:.4f}' for v in stats.std)}])"
+    )
     return 0
 
 
@@ -74,10 +76,44 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
     summary = generate(
         Path(args.output),
-        SynthOptions(videos=args.videos, frames=args.frames, seed=args.seed, width=args.width,
-                     height=args.height, mp4=not args.no_mp4),
+        SynthOptions(
+            videos=args.videos,
+            frames=args.frames,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+            mp4=not args.no_mp4,
+        ),
     )
     print("\n".join(summary.lines()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- pretraining
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from fpsiam.config import PretrainConfig, load_config
+
+    overrides = list(args.set)
+    if args.data:
+        overrides.append(f"data.source={args.data}")
+    cfg = load_config(PretrainConfig, args.config, overrides)
+    from fpsiam.ssl.pretrain import pretrain  # torch & co. only once the config is known to be good
+
+    run_dir = Path(args.output) if args.output else Path("runs") / "pretrain" / Path(args.config).stem
+    result = pretrain(cfg, run_dir, resume=args.resume)
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"backbone:   {result.backbone}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from fpsiam.weights import extract
+
+    for path in extract(Path(args.checkpoint), Path(args.output), to=args.to, source=args.source, pth=args.pth):
+        print(path)
     return 0
 
 
@@ -105,35 +141,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="dataset root, annotation folder or file (see README: Data formats)")
     p.add_argument("-o", "--output", required=True, help="output COCO json")
     p.add_argument("--images", help="images folder, when it is not where the format expects it")
-    p.add_argument("--clip-boxes", action="store_true",
-                   help="clip boxes that overhang the image instead of failing (count reported)")
-    p.add_argument("--drop-degenerate", action="store_true",
-                   help="drop zero/negative-area boxes instead of failing (count reported)")
-    p.add_argument("--min-area", type=int, default=64,
-                   help="masks: drop connected components smaller than this many pixels (default 64)")
-    p.add_argument("--video-pattern", default=None,
-                   help="regex with named groups (?P<video>...) and (?P<frame>...) applied to image file "
-                   "names, for sources that encode video and frame in the name")
+    p.add_argument(
+        "--clip-boxes",
+        action="store_true",
+        help="clip boxes that overhang the image instead of failing (count reported)",
+    )
+    p.add_argument(
+        "--drop-degenerate",
+        action="store_true",
+        help="drop zero/negative-area boxes instead of failing (count reported)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=int,
+        default=64,
+        help="masks: drop connected components smaller than this many pixels (default 64)",
+    )
+    p.add_argument(
+        "--video-pattern",
+        default=None,
+        help="regex with named groups (?P<video>...) and (?P<frame>...) applied to image file "
+        "names, for sources that encode video and frame in the name",
+    )
     p.set_defaults(func=cmd_data_convert)
 
-    p = dsub.add_parser("check", help="validate a COCO json and print a summary",
-                        description="Validate a COCO json (files exist and decode, sizes match, boxes inside "
-                        "the image with positive area, ids unique) and print a summary. Exit 1 on problems.")
+    p = dsub.add_parser(
+        "check",
+        help="validate a COCO json and print a summary",
+        description="Validate a COCO json (files exist and decode, sizes match, boxes inside "
+        "the image with positive area, ids unique) and print a summary. Exit 1 on problems.",
+    )
     p.add_argument("ann", help="COCO json")
     p.add_argument("--images", help="images folder (default: the json's folder)")
     p.add_argument("--no-decode", action="store_true", help="only check that files exist (faster)")
     p.set_defaults(func=cmd_data_check)
 
-    p = dsub.add_parser("split", help="split a COCO json into train/val/test without leakage",
-                        description="Grouped split: no video (or listed group) lands in two splits.")
+    p = dsub.add_parser(
+        "split",
+        help="split a COCO json into train/val/test without leakage",
+        description="Grouped split: no video (or listed group) lands in two splits.",
+    )
     p.add_argument("ann", help="COCO json")
-    p.add_argument("--by", choices=["video", "image", "list"], default="video",
-                   help="video: group by video_id (default); image: per image; list: by id lists (--list)")
+    p.add_argument(
+        "--by",
+        choices=["video", "image", "list"],
+        default="video",
+        help="video: group by video_id (default); image: per image; list: by id lists (--list)",
+    )
     p.add_argument("-o", "--output", required=True, help="output folder for train.json/val.json/test.json")
     p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--list", action="append", default=[], metavar="NAME=FILE",
-                   help="with --by list: a split name and a text file of image file stems (Kvasir's train.txt)")
+    p.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="with --by list: a split name and a text file of image file stems (Kvasir's train.txt)",
+    )
     p.add_argument("--images", help="images folder the input's file names are relative to")
     p.set_defaults(func=cmd_data_split)
 
@@ -154,6 +218,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=224)
     p.add_argument("--no-mp4", action="store_true", help="skip writing the mp4 videos")
     p.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining (FPSiam / SimSiam); runs under torchrun too",
+        description="Pretrain a backbone on unlabeled frames. Same command under "
+        "`torchrun --nproc_per_node=N -m fpsiam pretrain ...` for DDP. Writes config.yaml, metrics.jsonl/csv, "
+        "checkpoints/ and backbone.safetensors into the run folder.",
+    )
+    p.add_argument("config", help="YAML preset (see configs/)")
+    p.add_argument("--data", help="frame source (overrides data.source)")
+    p.add_argument("-o", "--output", help="run folder (default: runs/pretrain/<config name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "extract",
+        help="pretraining checkpoint -> backbone weights (torchvision / mmdet / detectron2 keys)",
+        description="Extract the ResNet backbone of a pretraining checkpoint (or run folder: its newest "
+        "checkpoint) as torchvision-keyed safetensors, or in MMDetection / detectron2 layout.",
+    )
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("-o", "--output", required=True, help="output file")
+    p.add_argument("--to", choices=["torchvision", "mmdet", "detectron2"], default="torchvision")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=["fpsiam", "mmselfsup"],
+        default="fpsiam",
+        help="mmselfsup: a checkpoint of the reference implementation (keys backbone.*)",
+    )
+    p.add_argument("--pth", action="store_true", help="also write a .pth next to the safetensors file")
+    p.set_defaults(func=cmd_extract)
 
     return parser
 

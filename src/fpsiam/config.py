@@ -84,10 +84,13 @@ class PretrainTrain:
     sync_bn: bool = True  # only applied when distributed on CUDA
     compile: bool = False
     checkpoint_every: int = 1  # epochs
+    checkpoint_steps: int | None = None  # also checkpoint every n steps inside an epoch (long epochs)
     keep_last: int = 2
     log_every: int = 10  # steps
     collapse_warn: float = 0.1  # warn when the collapse monitor (std * sqrt(d)) falls below this
     progress: bool = True
+    tensorboard: bool = False
+    device: str = "auto"  # auto | cpu | cuda
 
 
 @dataclasses.dataclass

@@ -1,0 +1,381 @@
+"""The pretraining loop (``fpsiam pretrain``): frames -> two views -> method -> loss -> SGD.
+
+Single process or under ``torchrun`` (DDP, DistributedSampler seeded per epoch, SyncBN on CUDA, rank-0
+logging and checkpoints). Optimisation follows DESIGN §1: SGD (momentum 0.9, wd 1e-4), lr scaled by the
+global batch (lr x batch / 256), cosine decay per epoch to 0 without warm-up, the predictor at its fixed
+initial lr, drop_last.
+
+Exact resume: the augmentation of frame ``i`` in epoch ``e`` is drawn from an RNG seeded by
+``(seed, e, i)`` and the sampler's order depends only on ``(seed, e)``, so a run resumed from a checkpoint
+(taken at an epoch end or every ``checkpoint_steps`` steps) replays exactly the batches the uninterrupted
+run would have seen; model, optimizer, grad-scaler, counters and RNG states come from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from fpsiam.config import PretrainConfig, save_config, to_dict
+from fpsiam.data.frames import open_frames
+from fpsiam.errors import FpsiamError
+from fpsiam.fileio import write_json
+from fpsiam.ssl.augment import TwoViewDataset, view_transform
+from fpsiam.ssl.methods import build_method, collapse_std
+from fpsiam.train import distributed as D
+from fpsiam.train.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from fpsiam.train.metrics import MetricsLog
+from fpsiam.weights import init_backbone, save_backbone
+
+CHECKPOINT_FORMAT = "fpsiam-pretrain-v1"
+
+
+# ---------------------------------------------------------------------------------------- data order
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (per-epoch seeded shuffle, drop_last) that can start part-way into an epoch."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start_index = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start_index :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so sample ``i`` of epoch ``e`` is drawn with its own RNG seeded by (seed, e, i).
+
+    This makes augmentations independent of worker count, batch position and interruptions.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.dataset[i]
+
+
+# ---------------------------------------------------------------------------------------- optimiser
+
+
+def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, global_batch: int) -> torch.optim.SGD:
+    """SGD with two groups: everything but the predictor (cosine-decayed) and the predictor (fixed lr)."""
+    lr = cfg.optim.lr * global_batch / 256
+    predictor = {id(p) for p in model.predictor.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in predictor]
+    groups = [
+        {"params": rest, "fix_lr": False, "initial_lr": lr},
+        {"params": list(model.predictor.parameters()), "fix_lr": cfg.optim.fix_predictor_lr, "initial_lr": lr},
+    ]
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+
+
+def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Cosine annealing per epoch from ``base_lr`` to 0 (no warm-up), as the reference's CosineAnnealing."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def set_epoch_lr(optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] if group["fix_lr"] else cosine_lr(group["initial_lr"], epoch, epochs)
+
+
+# ---------------------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class PretrainResult:
+    run_dir: Path
+    checkpoint: Path | None
+    backbone: Path | None
+    epochs: int
+    global_step: int
+    final: dict[str, float]
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024.0
+
+
+def _check_resume(ckpt: dict[str, Any], path: Path, cfg: PretrainConfig) -> None:
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise FpsiamError(f"{path}: not an fpsiam pretraining checkpoint (format {ckpt.get('format')!r})")
+    want = (cfg.model.method, cfg.model.backbone)
+    got = (ckpt.get("method"), ckpt.get("arch"))
+    if want != got:
+        raise FpsiamError(
+            f"{path}: checkpoint is {got[0]}/{got[1]} but the config asks for {want[0]}/{want[1]}; "
+            "resume with the config the run was started with, or use a new -o RUN_DIR"
+        )
+
+
+def pretrain(
+    cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, env: D.DistEnv | None = None
+) -> PretrainResult:
+    """Run (or resume) one pretraining run into ``run_dir``; returns the final checkpoint and backbone."""
+    run_dir = Path(run_dir)
+    own_env = env is None
+    env = env or D.init_distributed(cfg.train.device)
+    try:
+        return _pretrain(cfg, run_dir, resume, env)
+    finally:
+        if own_env:
+            D.cleanup()
+
+
+def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> PretrainResult:
+    t = cfg.train
+    if not cfg.data.source:
+        raise FpsiamError("no frame source: set data.source in the config or pass --data SRC")
+    if t.epochs < 1 or t.batch_size < 1:
+        raise FpsiamError("train.epochs and train.batch_size must be >= 1")
+    log = print if env.is_main else (lambda *a, **k: None)
+
+    # --- frames -> two views
+    source = open_frames(cfg.data.source, stride=cfg.data.stride, images=cfg.data.images)
+    global_batch = t.batch_size * env.world_size
+    if len(source) < global_batch:
+        raise FpsiamError(
+            f"{cfg.data.source}: {len(source)} frames, but one step needs {global_batch} "
+            f"(batch {t.batch_size} x {env.world_size} processes, drop_last); lower train.batch_size"
+        )
+    transform = view_transform(cfg.data.size, cfg.data.min_scale, cfg.data.mean, cfg.data.std)
+    dataset = SeededSamples(TwoViewDataset(source, transform, temporal_k=cfg.data.temporal_k), seed=t.seed)
+    sampler = ResumableSampler(dataset, env.world_size, env.rank, seed=t.seed)
+    steps_per_epoch = len(sampler) // t.batch_size
+    if t.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+
+    # --- backbone -> pyramid -> projector -> predictor
+    torch.manual_seed(t.seed)
+    model = build_method(cfg.model)
+    init_msg = init_backbone(model.backbone, cfg.model.backbone, cfg.model.init, cfg.model.weights_file)
+    optimizer = build_optimizer(model, cfg, global_batch)
+    dtype = D.autocast_dtype(t.amp, env.device)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
+
+    # --- resume
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    existing = latest_checkpoint(run_dir)
+    if existing is not None and not resume:
+        raise FpsiamError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, or a new -o RUN_DIR")
+    if resume and existing is not None:
+        ckpt = load_checkpoint(existing)
+        _check_resume(ckpt, existing, cfg)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        set_rng_state(ckpt["rng"])
+        log(f"resumed from {existing} (epoch {epoch}, step {step_in_epoch} of it)")
+    elif resume:
+        log(f"--resume: no checkpoint in {run_dir}; starting from scratch")
+
+    model = D.prepare_model(model, env, sync_bn=t.sync_bn, channels_last=t.channels_last)
+    if t.compile:
+        model = torch.compile(model)
+    core = D.unwrap(model)
+
+    metrics = MetricsLog(run_dir, "metrics", enabled=env.is_main, tensorboard=t.tensorboard)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        write_json(
+            run_dir / "run.json",
+            {
+                "world_size": env.world_size,
+                "global_batch": global_batch,
+                "device": str(env.device),
+                "lr": cfg.optim.lr * global_batch / 256,
+                "frames": len(source),
+                "steps_per_epoch": steps_per_epoch,
+                "amp": str(dtype) if dtype else "none",
+                "init": init_msg,
+            },
+        )
+        metrics.truncate_after(global_step)
+    log(
+        f"{cfg.model.method}/{cfg.model.backbone}: {len(source)} frames, global batch {global_batch}, "
+        f"{steps_per_epoch} steps/epoch x {t.epochs} epochs on {env.device} x{env.world_size}; {init_msg}"
+    )
+
+    def checkpoint(next_epoch: int, next_step: int) -> Path | None:
+        if not env.is_main:
+            return None
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "method": cfg.model.method,
+            "arch": cfg.model.backbone,
+            "model": core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": next_epoch,
+            "step_in_epoch": next_step,
+            "global_step": global_step,
+            "rng": rng_state(),
+            "config": to_dict(cfg),
+        }
+        return save_checkpoint(state, checkpoint_path(run_dir, global_step), keep_last=t.keep_last)
+
+    loss_keys: list[str] | None = None
+    last: dict[str, float] = {}
+    started = time.perf_counter()
+    while epoch < t.epochs:
+        set_epoch_lr(optimizer, epoch, t.epochs)
+        sampler.set_epoch(epoch)
+        sampler.start_index = step_in_epoch * t.batch_size
+        dataset.epoch = epoch
+        gen = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=t.batch_size,
+            sampler=sampler,
+            num_workers=cfg.data.workers,
+            drop_last=True,
+            pin_memory=env.device.type == "cuda",
+            generator=gen,
+            persistent_workers=False,
+        )
+        model.train()
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=step_in_epoch,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            disable=not (env.is_main and t.progress),
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        warned = False
+        window = {"data": 0.0, "total": 0.0, "steps": 0}
+        tick = time.perf_counter()
+        for x1, x2 in loader:
+            got_batch = time.perf_counter()
+            x1 = x1.to(env.device, non_blocking=True)
+            x2 = x2.to(env.device, non_blocking=True)
+            if t.channels_last and env.device.type == "cuda":
+                x1 = x1.contiguous(memory_format=torch.channels_last)
+                x2 = x2.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(env.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = model(x1, x2)
+            loss_keys = loss_keys or sorted(k for k in out if k.startswith("loss"))
+            terms = D.all_reduce_mean(torch.stack([out[k].detach().float() for k in loss_keys]), env)
+            if not bool(torch.isfinite(terms).all()):
+                last_ckpt = latest_checkpoint(run_dir)
+                raise FpsiamError(
+                    f"epoch {epoch + 1} step {step_in_epoch + 1}: loss is {terms.tolist()} (not finite); "
+                    f"stopped. Last good checkpoint: {last_ckpt or 'none'}. Lower optim.lr or use train.amp=none"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step_in_epoch += 1
+            global_step += 1
+            now = time.perf_counter()
+            window["data"] += got_batch - tick
+            window["total"] += now - tick
+            window["steps"] += 1
+            tick = now
+
+            values = dict(zip(loss_keys, terms.tolist(), strict=True))
+            for k in out:
+                if k.startswith("z"):
+                    values["collapse" + k[1:]] = collapse_std(out[k].detach().float())
+            if any(k.startswith("collapse") and v < t.collapse_warn for k, v in values.items()) and not warned:
+                warned = True
+                if env.is_main:
+                    tqdm.write(
+                        f"warning: collapse monitor below {t.collapse_warn} at step {global_step}: "
+                        f"{ {k: round(v, 4) for k, v in values.items() if k.startswith('collapse')} }",
+                        file=sys.stderr,
+                    )
+            last = values
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
+            if global_step % t.log_every == 0 or step_in_epoch == steps_per_epoch:
+                metrics.log(
+                    {
+                        "epoch": epoch,
+                        "step": step_in_epoch,
+                        "global_step": global_step,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "lr_predictor": optimizer.param_groups[1]["lr"],
+                        **values,
+                        "samples_per_s": global_batch * window["steps"] / max(window["total"], 1e-9),
+                        "data_time": window["data"] / window["steps"],
+                        "compute_time": (window["total"] - window["data"]) / window["steps"],
+                    }
+                )
+                window = {"data": 0.0, "total": 0.0, "steps": 0}
+            if step_in_epoch >= steps_per_epoch:
+                break
+            if t.checkpoint_steps and global_step % t.checkpoint_steps == 0:
+                checkpoint(epoch, step_in_epoch)
+        bar.close()
+        epoch += 1
+        step_in_epoch = 0
+        if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
+            checkpoint(epoch, 0)
+        D.barrier(env)
+        if env.is_main and last:
+            tqdm.write(
+                f"epoch {epoch}/{t.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()), file=sys.stderr
+            )
+
+    final_ckpt = latest_checkpoint(run_dir) if env.is_main else None
+    backbone_path = None
+    if env.is_main:
+        backbone_path = save_backbone(core.backbone.state_dict(), run_dir / "backbone.safetensors")[0]
+        metrics.write_csv()
+        metrics.close()
+        write_json(
+            run_dir / "summary.json",
+            {
+                "method": cfg.model.method,
+                "arch": cfg.model.backbone,
+                "epochs": t.epochs,
+                "global_step": global_step,
+                "final": last,
+                "seconds_this_process": time.perf_counter() - started,
+                "peak_rss_mb": _peak_rss_mb(),
+                "checkpoint": str(final_ckpt),
+                "backbone": str(backbone_path),
+                "checkpoints_kept": [p.name for p in list_checkpoints(run_dir)],
+            },
+        )
+    D.barrier(env)
+    return PretrainResult(run_dir, final_ckpt, backbone_path, t.epochs, global_step, last)

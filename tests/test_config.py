@@ -1,0 +1,101 @@
+"""Typed configs: strict YAML loading, --set overrides, the effective config written back."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fpsiam.config import PretrainConfig, load_config, save_config
+from fpsiam.errors import FpsiamError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_the_papers_values():
+    cfg = load_config(PretrainConfig, None)
+    assert cfg.model.method == "fpsiam" and cfg.model.backbone == "resnet50"
+    assert cfg.model.lam == 0.5 and cfg.model.loss_scale == 1.0
+    assert cfg.optim.lr == 0.05 and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 1e-4
+    assert cfg.data.mean == [0.654, 0.424, 0.266] and cfg.data.std == [0.257, 0.182, 0.148]
+    assert cfg.train.epochs == 200 and cfg.train.batch_size == 64
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_loads(preset):
+    cfg = load_config(PretrainConfig, CONFIGS / preset)
+    assert cfg.model.method in ("fpsiam", "simsiam")
+
+
+def test_paper_presets_match_design():
+    f = load_config(PretrainConfig, CONFIGS / "fpsiam_r50_4xb64-coslr-200e_ldpolypvideo.yaml")
+    s = load_config(PretrainConfig, CONFIGS / "simsiam_r50_4xb64-coslr-200e_ldpolypvideo.yaml")
+    for cfg in (f, s):
+        assert (cfg.model.backbone, cfg.model.init, cfg.train.epochs, cfg.train.batch_size) == (
+            "resnet50",
+            "imagenet",
+            200,
+            64,
+        )
+        assert cfg.data.size == 224 and cfg.data.min_scale == 0.2
+    assert f.model.method == "fpsiam" and s.model.method == "simsiam"
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    p = write(tmp_path, "train:\n  epohcs: 3\n")
+    with pytest.raises(FpsiamError) as e:
+        load_config(PretrainConfig, p)
+    msg = str(e.value)
+    assert str(p) in msg and "train.epohcs" in msg and "train.epochs" in msg
+
+
+def test_wrong_type_names_expected_type(tmp_path):
+    p = write(tmp_path, "train:\n  epochs: many\n")
+    with pytest.raises(FpsiamError, match=r"train\.epochs.*expected int.*'many'"):
+        load_config(PretrainConfig, p)
+    p = write(tmp_path, "model:\n  method: byol2\n")
+    with pytest.raises(FpsiamError, match=r"model\.method.*'fpsiam' \| 'simsiam'"):
+        load_config(PretrainConfig, p)
+    p = write(tmp_path, "data:\n  mean: [0.5, x, 0.5]\n")
+    with pytest.raises(FpsiamError, match=r"data\.mean\[1\]"):
+        load_config(PretrainConfig, p)
+
+
+def test_bool_is_not_an_int_and_int_is_a_float(tmp_path):
+    p = write(tmp_path, "train:\n  epochs: true\n")
+    with pytest.raises(FpsiamError):
+        load_config(PretrainConfig, p)
+    cfg = load_config(PretrainConfig, write(tmp_path, "optim:\n  lr: 1\n"))
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+
+
+def test_set_overrides_and_validates(tmp_path):
+    p = write(tmp_path, "train:\n  epochs: 3\n")
+    cfg = load_config(PretrainConfig, p, ["train.epochs=7", "data.mean=[0.1,0.2,0.3]", "model.weights_file=null"])
+    assert cfg.train.epochs == 7 and cfg.data.mean == [0.1, 0.2, 0.3] and cfg.model.weights_file is None
+    with pytest.raises(FpsiamError, match="--set"):
+        load_config(PretrainConfig, p, ["train.epochs"])
+    with pytest.raises(FpsiamError, match="train.nope"):
+        load_config(PretrainConfig, p, ["train.nope=1"])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(FpsiamError, match="not found"):
+        load_config(PretrainConfig, tmp_path / "missing.yaml")
+    with pytest.raises(FpsiamError, match=r"c\.yaml:\d+: not valid YAML"):
+        load_config(PretrainConfig, write(tmp_path, "train: [1, 2\n  x: {"))
+    with pytest.raises(FpsiamError, match="mapping"):
+        load_config(PretrainConfig, write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(PretrainConfig, None, ["train.epochs=5", "data.source=/x"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(PretrainConfig, tmp_path / "run" / "config.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["epochs"] == 5
