@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fpsiam.config import PretrainConfig, save_config, to_dict
@@ -43,47 +42,10 @@ from fpsiam.train.checkpoint import (
     set_rng_state,
 )
 from fpsiam.train.metrics import MetricsLog
+from fpsiam.train.sampling import ResumableSampler, SeededSamples
 from fpsiam.weights import init_backbone, save_backbone
 
 CHECKPOINT_FORMAT = "fpsiam-pretrain-v1"
-
-
-# ---------------------------------------------------------------------------------------- data order
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (per-epoch seeded shuffle, drop_last) that can start part-way into an epoch."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.start_index = 0
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[self.start_index :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start_index
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset so sample ``i`` of epoch ``e`` is drawn with its own RNG seeded by (seed, e, i).
-
-    This makes augmentations independent of worker count, batch position and interruptions.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            return self.dataset[i]
 
 
 # ---------------------------------------------------------------------------------------- optimiser
@@ -122,6 +84,7 @@ class PretrainResult:
     epochs: int
     global_step: int
     final: dict[str, float]
+    model: torch.nn.Module  # the trained method module (unwrapped from DDP), on its device
 
 
 def _peak_rss_mb() -> float:
@@ -378,4 +341,4 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
             },
         )
     D.barrier(env)
-    return PretrainResult(run_dir, final_ckpt, backbone_path, t.epochs, global_step, last)
+    return PretrainResult(run_dir, final_ckpt, backbone_path, t.epochs, global_step, last, core)
