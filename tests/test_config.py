@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fpsiam.config import PretrainConfig, load_config, save_config
+from fpsiam.config import DetectConfig, PretrainConfig, load_config, save_config
 from fpsiam.errors import FpsiamError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -26,10 +26,26 @@ def test_defaults_are_the_papers_values():
     assert cfg.train.epochs == 200 and cfg.train.batch_size == 64
 
 
+def config_class(name: str) -> type:
+    return DetectConfig if name.startswith(("faster_rcnn", "retinanet")) else PretrainConfig
+
+
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_preset_loads(preset):
-    cfg = load_config(PretrainConfig, CONFIGS / preset)
-    assert cfg.model.method in ("fpsiam", "simsiam")
+    cfg = load_config(config_class(preset), CONFIGS / preset)
+    if isinstance(cfg, DetectConfig):
+        assert cfg.model.kind in preset
+    else:
+        assert cfg.model.method in ("fpsiam", "simsiam") and preset.startswith(cfg.model.method)
+
+
+def test_detection_presets_carry_the_papers_recipe():
+    for name in ("faster_rcnn_r50_fpn_1x_ldpolypvideo.yaml", "retinanet_r50_fpn_1x_ldpolypvideo.yaml"):
+        cfg = load_config(DetectConfig, CONFIGS / name)
+        assert (cfg.optim.lr, cfg.train.batch_size, cfg.optim.warmup_iters, cfg.optim.steps, cfg.train.epochs) == (
+            0.002, 8, 500, [8, 11], 12)  # fmt: skip
+        assert (cfg.model.min_size, cfg.model.max_size, cfg.model.arch, cfg.data.keep_negatives) == (
+            480, 480, "resnet50", False)  # fmt: skip
 
 
 def test_paper_presets_match_design():

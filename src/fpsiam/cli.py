@@ -117,6 +117,50 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- detection
+
+
+def cmd_detect_train(args: argparse.Namespace) -> int:
+    from fpsiam.config import DetectConfig, load_config
+
+    overrides = list(args.set)
+    for key, value in (("data.train", args.train), ("data.val", args.val), ("data.images", args.images),
+                       ("model.backbone", args.backbone)):  # fmt: skip
+        if value:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(DetectConfig, args.config, overrides)
+    from fpsiam.detect.train import train_detector
+
+    run_dir = Path(args.output) if args.output else Path("runs") / "detect" / Path(args.config).stem
+    result = train_detector(cfg, run_dir, resume=args.resume)
+    if result.last_model is not None:
+        for name, row in (("best", result.best), ("last", result.last)):
+            print(f"{name} (epoch {row.get('epoch')}): mAP {row.get('mAP', float('nan')):.4f} "
+                  f"AP50 {row.get('AP50', float('nan')):.4f} AP75 {row.get('AP75', float('nan')):.4f}")  # fmt: skip
+        print(f"models: {result.best_model} {result.last_model}")
+    return 0
+
+
+def cmd_detect_eval(args: argparse.Namespace) -> int:
+    from fpsiam.detect.engine import evaluate_file
+
+    out = Path(args.output) if args.output else Path(args.model).with_suffix(".metrics.json")
+    m = evaluate_file(args.model, args.ann, args.images, out, batch_size=args.batch_size, device=args.device,
+                      fixed_threshold=args.threshold)  # fmt: skip
+    c = m["coco"]
+    print("  ".join(f"{k} {c[k]:.4f}" for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100")))
+    for name in ("at_best_f1", "at_fixed"):
+        b = m["clinical"][name]
+        if b:
+            print(f"{name}: threshold {b['threshold']:.3f} precision {b['precision']} recall {b['recall']} "
+                  f"F1 {b['f1']} FP/frame {b['fp_per_frame']:.3f}")  # fmt: skip
+    s = m["speed"]
+    print(f"speed: model {s['model_images_per_s']:.1f} img/s, whole predict path {s['predict_images_per_s']:.1f} img/s "
+          f"({s['device']})")  # fmt: skip
+    print(f"metrics: {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -251,6 +295,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pth", action="store_true", help="also write a .pth next to the safetensors file")
     p.set_defaults(func=cmd_extract)
+
+    detect = sub.add_parser("detect", help="train and evaluate polyp detectors (Faster R-CNN, RetinaNet)")
+    dsub = detect.add_subparsers(dest="detect_command", required=True, metavar="DETECT_COMMAND")
+    p = dsub.add_parser(
+        "train",
+        help="fine-tune a detector with the paper's recipe",
+        description="Fine-tune Faster R-CNN / RetinaNet (DESIGN §2) from a random, ImageNet or self-supervised "
+        "backbone; evaluates the val set every epoch; keeps best.safetensors and last.safetensors. "
+        "Same command under torchrun for DDP.",
+    )
+    p.add_argument("config", help="YAML preset (see configs/)")
+    p.add_argument("--train", help="training COCO json (overrides data.train)")
+    p.add_argument("--val", help="validation COCO json (overrides data.val)")
+    p.add_argument("--images", help="images root for both jsons")
+    p.add_argument("--backbone", help="random | imagenet | WEIGHTS file from `fpsiam extract`")
+    p.add_argument("-o", "--output", help="run folder (default: runs/detect/<config name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
+    p.set_defaults(func=cmd_detect_train)
+
+    p = dsub.add_parser("eval", help="COCO + clinical metrics of a saved detector",
+                        description="Evaluate a model file (best/last.safetensors) on a COCO json: COCO bbox "
+                        "metrics (pycocotools), per-frame clinical metrics, per-polyp metrics when the json has "
+                        "video/track ids, and speed. Writes metrics json + COCO results json.")  # fmt: skip
+    p.add_argument("model", help="model file written by `fpsiam detect train`")
+    p.add_argument("--ann", required=True, help="COCO json to evaluate on")
+    p.add_argument("--images", help="images root (default: the json's folder)")
+    p.add_argument("-o", "--output", help="metrics json (default: MODEL.metrics.json)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threshold", type=float, default=0.5, help="fixed score threshold for clinical metrics")
+    p.set_defaults(func=cmd_detect_eval)
 
     return parser
 

@@ -104,6 +104,75 @@ class PretrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Detection transfer (DESIGN §2). Defaults are the paper's recipe; CPU presets in configs/ shrink them.
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DetectData:
+    """Labeled COCO json sets (category polyp) and the loader."""
+
+    train: str = ""
+    val: str = ""
+    images: str | None = None  # images root for both jsons (default: each json's folder)
+    keep_negatives: bool = False  # the reference drops frames without boxes from training
+    hflip: float = 0.5
+    workers: int = 2
+
+
+@dataclasses.dataclass
+class DetectModel:
+    """The detector and where its backbone weights come from."""
+
+    kind: Literal["faster_rcnn", "retinanet"] = "faster_rcnn"
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    backbone: str = "imagenet"  # random | imagenet | path to a torchvision-keyed weights file (fpsiam extract)
+    weights_file: str | None = None  # offline copy of torchvision's ImageNet weights (for backbone=imagenet)
+    min_size: int = 480  # images resized keeping aspect ratio to fit max_size x max_size
+    max_size: int = 480
+    box_loss: Literal["l1", "smooth_l1"] = "l1"  # l1: the reference's; smooth_l1: torchvision's default
+
+
+@dataclasses.dataclass
+class DetectOptim:
+    """SGD with linear warm-up and step decay (the paper's 1x schedule)."""
+
+    lr: float = 0.002  # for a global batch of 8; scaled linearly with the global batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    steps: list[int] = dataclasses.field(default_factory=lambda: [8, 11])  # epochs where lr x= gamma
+    gamma: float = 0.1
+
+
+@dataclasses.dataclass
+class DetectTrain:
+    epochs: int = 12
+    batch_size: int = 8  # per process
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    sync_bn: bool = True
+    checkpoint_every: int = 1
+    keep_last: int = 2
+    eval_every: int = 1  # epochs; the val set is evaluated after every n-th epoch and at the end
+    log_every: int = 10
+    progress: bool = True
+    device: str = "auto"
+
+
+@dataclasses.dataclass
+class DetectConfig:
+    """``fpsiam detect train CONFIG.yaml``."""
+
+    data: DetectData = dataclasses.field(default_factory=DetectData)
+    model: DetectModel = dataclasses.field(default_factory=DetectModel)
+    optim: DetectOptim = dataclasses.field(default_factory=DetectOptim)
+    train: DetectTrain = dataclasses.field(default_factory=DetectTrain)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Loading, overriding, validating, writing.
 # ----------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,166 @@
+"""One training epoch and inference over a dataset (torchvision references/detection/engine.py, reshaped).
+
+``images + boxes -> detector -> predictions``: :func:`train_one_epoch` runs the SGD steps with the paper's
+warm-up and step schedule; :func:`predict` runs the detector over a dataset and returns COCO results
+(the input of :mod:`fpsiam.detect.evaluate`), timing the model alone and the whole predict path.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fpsiam.detect.evaluate import clinical_metrics, coco_metrics, predictions_to_coco, write_results
+from fpsiam.errors import FpsiamError
+from fpsiam.fileio import write_json
+
+
+def step_lr(base_lr: float, epoch: int, iteration: int, steps: list[int], gamma: float, warmup_iters: int,
+            warmup_ratio: float) -> float:  # fmt: skip
+    """The paper's schedule: x gamma at each epoch in ``steps``; linear warm-up over the first iterations.
+
+    Warm-up as MMDetection's ``linear``: lr = regular * (1 - (1 - i / warmup_iters) * (1 - warmup_ratio)).
+    """
+    lr = base_lr * gamma ** sum(epoch >= s for s in steps)
+    if iteration < warmup_iters:
+        lr *= 1.0 - (1.0 - iteration / warmup_iters) * (1.0 - warmup_ratio)
+    return lr
+
+
+def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable,
+    device: torch.device,
+    lr_at: Callable[[int], float],
+    first_iteration: int,
+    max_steps: int,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> int:
+    """SGD over ``batches`` until ``max_steps`` steps; ``lr_at(global_iteration)`` sets the lr each step.
+
+    Returns the number of steps done. Raises FloatingPointError on a non-finite loss (the caller turns it
+    into a clear message and keeps the last good checkpoint).
+    """
+    model.train()
+    iteration = first_iteration
+    steps = 0
+    for images, targets in batches:
+        images, targets = to_device(images, targets, device)
+        lr = lr_at(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            losses = model(images, targets)
+        names = sorted(losses)
+        loss = sum(losses[k] for k in names)
+        values = reduce(torch.stack([losses[k].detach().float() for k in names] + [loss.detach().float()]))
+        if not bool(torch.isfinite(values).all()):
+            raise FloatingPointError(dict(zip([*names, "loss"], values.tolist(), strict=True)))
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        iteration += 1
+        steps += 1
+        if on_step is not None:
+            on_step(iteration, {**dict(zip([*names, "loss"], values.tolist(), strict=True)), "lr": lr})
+        if steps >= max_steps:
+            break
+    return steps
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Run the detector over ``batches``; return COCO results and speed (images/s of model and of the path)."""
+    model.eval()
+    results: list[dict[str, Any]] = []
+    model_seconds = 0.0
+    images_seen = 0
+    start = time.perf_counter()
+    for images, targets in batches:
+        images = [img.to(device, non_blocking=True) for img in images]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            outputs = model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        model_seconds += time.perf_counter() - t0
+        images_seen += len(images)
+        outputs = [{k: v.float().cpu() for k, v in o.items()} for o in outputs]
+        results += predictions_to_coco(outputs, [int(t["image_id"]) for t in targets])
+    total = time.perf_counter() - start
+    speed = {
+        "images": images_seen,
+        "model_images_per_s": images_seen / model_seconds if model_seconds > 0 else math.nan,
+        "predict_images_per_s": images_seen / total if total > 0 else math.nan,
+    }
+    return results, speed
+
+
+def evaluate_file(
+    model_path: str | Path,
+    ann: str | Path,
+    images: str | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 4,
+    device: str = "auto",
+    fixed_threshold: float = 0.5,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """``fpsiam detect eval``: COCO + clinical metrics and speed of a saved detector on a COCO json.
+
+    Writes ``<output>`` (metrics json) and, beside it, ``<stem>.predictions.json`` (COCO results).
+    """
+    from torch.utils.data import DataLoader
+
+    from fpsiam.data.coco import CocoDetection, collate_fn, detection_transforms
+    from fpsiam.detect.models import load_detector
+
+    dev = torch.device(
+        "cuda" if (device == "auto" and torch.cuda.is_available()) else ("cpu" if device == "auto" else device)
+    )
+    model, meta = load_detector(model_path, device=dev)
+    dataset = CocoDetection(ann, images, detection_transforms(False), keep_negatives=True)
+    if len(dataset) == 0:
+        raise FpsiamError(f"{ann}: no images to evaluate; pass a COCO json with images")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn)
+    results, speed = predict(model, loader, dev)
+    metrics = {
+        "model": {k: meta.get(k) for k in ("kind", "arch", "min_size", "max_size", "epoch")},
+        "ann": str(ann),
+        "coco": coco_metrics(dataset.coco, results),
+        "clinical": clinical_metrics(dataset.coco, results, fixed_threshold=fixed_threshold),
+        "speed": {**speed, "device": str(dev), "batch_size": batch_size},
+    }
+    if output is not None:
+        output = Path(output)
+        write_json(output, metrics)
+        write_results(output.with_name(output.stem + ".predictions.json"), results)
+    return metrics

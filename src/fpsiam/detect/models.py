@@ -1,0 +1,603 @@
+"""Faster R-CNN and RetinaNet (ResNet-FPN) with the paper's transfer recipes (DESIGN §2), in torchvision.
+
+Both detectors take the backbone weights only (``init``: random, ImageNet or a torchvision-keyed file
+written by ``fpsiam extract``); the FPN and the heads start fresh. One class: polyp = label 1.
+
+What follows the reference (MMDetection 2.26 configs used by the paper) and where torchvision differs:
+
+- Backbone: torchvision ResNet built with ``nn.BatchNorm2d`` -- *not* torchvision's detection default
+  ``FrozenBatchNorm2d``, whose identity statistics never adapt (DESIGN §2 measured 0.229 vs 0.299 AP).
+  The stem (conv1 + bn1) is frozen and bn1 stays in eval mode (mmdet ``frozen_stages=0``); all four stages
+  and their BNs train (``norm_eval=False``); SyncBN when distributed on CUDA (:func:`convert_sync_bn`).
+  Random init uses torchvision's Kaiming init plus ``zero_init_residual=True`` (mmdet's ResNet default).
+- Faster R-CNN: FPN on C2..C5 plus a stride-2 max-pool level (P2-P6); anchors scale 8 x strides 4-64
+  = sizes 32..512, ratios 0.5/1/2; RPN pre/post-NMS 2000/1000 (train) and 1000/1000 (test), NMS 0.7;
+  RoIAlign 7x7 on P2-P5, two shared FC 1024; test score >= 0.05, NMS 0.5, <= 100 per image.
+  Box loss: the reference uses L1 in the RPN and the RoI head; torchvision hard-codes smooth-L1
+  (beta 1/9). ``box_loss="l1"`` (default) swaps in two small subclasses that compute plain L1 with
+  torchvision's own normalisation (which is mmdet's: sum over positives / number of sampled anchors or
+  RoIs); ``"smooth_l1"`` keeps torchvision's.
+- RetinaNet: FPN on C3..C5, P6/P7 by 3x3 stride-2 convs from C5 (``LastLevelP6P7(C5 channels, 256)``;
+  mmdet ``add_extra_convs='on_input'``); anchors octave base 4, 3 scales per octave, ratios 0.5/1/2,
+  strides 8-128; focal loss gamma 2, alpha 0.25; IoU assignment 0.5 / 0.4; box loss L1 (torchvision's
+  default ``_loss_type``, set explicitly); test score >= 0.05, NMS 0.5, <= 100 per image, 1000 candidates
+  per level. Small differences kept from torchvision: a ReLU between P6 and P7, the focal and box losses
+  are normalised per image (mmdet: over the batch), anchors are rounded to integer corners.
+- ``num_classes=2`` for both (background/unused 0 + polyp 1). RetinaNet's sigmoid classifier then has an
+  unused class-0 channel (trained towards "absent"); it keeps label ids identical across detectors and
+  torchvision's references. :func:`fpsiam.detect.evaluate.predictions_to_coco` drops label 0.
+- Input: resize keeping the aspect ratio to fit ``min_size`` x ``max_size`` (480 x 480), pad to /32,
+  normalise with the LDPolypVideo detection statistics (mean 168.81/104.04/73.95, std 68.595/52.785/41.82
+  on 0-255 RGB, given here on 0-1 images as torchvision expects).
+
+Model files (:func:`save_detector` / :func:`load_detector`) are safetensors with the full state_dict and
+the build arguments as JSON metadata -- never pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from fpsiam.errors import FpsiamError
+from fpsiam.fileio import atomic_path
+
+DetectorKind = Literal["faster_rcnn", "retinanet"]
+BoxLoss = Literal["smooth_l1", "l1"]
+
+KINDS: tuple[str, ...] = ("faster_rcnn", "retinanet")
+ARCHS: dict[str, Callable[..., resnet.ResNet]] = {
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+}
+# Output channels of layer1..layer4 (C2..C5).
+STAGE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+}
+
+# DESIGN §2 "input": LDPolypVideo statistics on 0-255 RGB, divided by 255 for torchvision's 0-1 images.
+IMAGE_MEAN = tuple(v / 255.0 for v in (168.81, 104.04, 73.95))
+IMAGE_STD = tuple(v / 255.0 for v in (68.595, 52.785, 41.82))
+SIZE_DIVISIBLE = 32
+FPN_CHANNELS = 256
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+# Faster R-CNN: anchor scale 8 x strides 4, 8, 16, 32, 64 (one size per level).
+FRCNN_ANCHOR_SIZES = tuple((8 * s,) for s in (4, 8, 16, 32, 64))
+# RetinaNet: octave base 4 x strides 8..128, 3 scales per octave (2^0, 2^(1/3), 2^(2/3)).
+RETINA_ANCHOR_SIZES = tuple(tuple(4 * s * 2 ** (i / 3) for i in range(3)) for s in (8, 16, 32, 64, 128))
+
+# Faster R-CNN RPN (mmdet rpn_proposal / test_cfg.rpn) and RoI head (rcnn) settings.
+RPN_SETTINGS = {
+    "fg_iou_thresh": 0.7,
+    "bg_iou_thresh": 0.3,
+    "batch_size_per_image": 256,
+    "positive_fraction": 0.5,
+    "pre_nms_top_n": {"training": 2000, "testing": 1000},
+    "post_nms_top_n": {"training": 1000, "testing": 1000},
+    "nms_thresh": 0.7,
+}
+ROI_SETTINGS = {
+    "fg_iou_thresh": 0.5,
+    "bg_iou_thresh": 0.5,
+    "batch_size_per_image": 512,
+    "positive_fraction": 0.25,
+    "bbox_reg_weights": None,  # torchvision's (10, 10, 5, 5) = mmdet's target_stds (0.1, 0.1, 0.2, 0.2)
+    "score_thresh": 0.05,
+    "nms_thresh": 0.5,
+    "detections_per_img": 100,
+}
+ROI_OUTPUT_SIZE = 7
+ROI_SAMPLING_RATIO = 2
+REPRESENTATION_SIZE = 1024
+RETINA_SETTINGS = {
+    "fg_iou_thresh": 0.5,
+    "bg_iou_thresh": 0.4,
+    "score_thresh": 0.05,
+    "nms_thresh": 0.5,
+    "detections_per_img": 100,
+    "topk_candidates": 1000,
+}
+# torchvision.ops.sigmoid_focal_loss defaults, used by RetinaNetClassificationHead.compute_loss.
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+
+FILE_FORMAT = "fpsiam-detector/1"
+META_KEY = "fpsiam_detector"
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorSpec:
+    """Everything needed to rebuild a detector's architecture (stored in every model file)."""
+
+    kind: str = "faster_rcnn"
+    arch: str = "resnet50"
+    min_size: int = 480
+    max_size: int = 480
+    num_classes: int = 2
+    box_loss: str = "l1"
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise FpsiamError(f"detector kind '{self.kind}': expected one of {', '.join(KINDS)}")
+        if self.arch not in ARCHS:
+            raise FpsiamError(f"backbone arch '{self.arch}': expected one of {', '.join(ARCHS)}")
+        if self.box_loss not in ("smooth_l1", "l1"):
+            raise FpsiamError(f"box_loss '{self.box_loss}': expected 'l1' or 'smooth_l1'")
+        if self.num_classes < 2:
+            raise FpsiamError(f"num_classes={self.num_classes}: need at least 2 (background + polyp)")
+        if self.min_size < 32 or self.max_size < self.min_size:
+            raise FpsiamError(f"min_size={self.min_size}, max_size={self.max_size}: need 32 <= min_size <= max_size")
+
+
+# ----------------------------------------------------------------------------------------- backbone
+
+
+def set_bn_train(model: nn.Module, mode: bool = True) -> nn.Module:
+    """Put every BatchNorm in ``mode``, except BNs whose affine parameters are frozen: those stay in eval.
+
+    A frozen BN (the stem's bn1 here, mmdet's frozen stages) must not update its running statistics
+    either, otherwise its output drifts although nothing is being trained.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            frozen = m.weight is not None and not m.weight.requires_grad
+            m.train(mode and not frozen)
+    return model
+
+
+def freeze_stem(backbone: nn.Module) -> list[str]:
+    """Freeze a ResNet's stem (conv1 + bn1): no gradients, bn1 in eval. Returns the frozen parameter names.
+
+    ``backbone`` is a torchvision ResNet or anything holding its ``conv1``/``bn1`` (IntermediateLayerGetter).
+    """
+    frozen = []
+    for name in ("conv1", "bn1"):
+        module = getattr(backbone, name)
+        for pname, p in module.named_parameters():
+            p.requires_grad_(False)
+            frozen.append(f"{name}.{pname}")
+    backbone.bn1.eval()
+    return frozen
+
+
+class ResNetFPN(BackboneWithFPN):
+    """``BackboneWithFPN`` whose frozen BatchNorms (the stem's bn1) stay in eval under ``model.train()``."""
+
+    def train(self, mode: bool = True) -> ResNetFPN:
+        super().train(mode)
+        set_bn_train(self, mode)
+        return self
+
+
+def build_resnet(arch: str) -> resnet.ResNet:
+    """A torchvision ResNet with trainable ``nn.BatchNorm2d`` and no classifier (``fc`` = Identity).
+
+    ``zero_init_residual=True`` is mmdet's ResNet default; it only matters for random init.
+    """
+    if arch not in ARCHS:
+        raise FpsiamError(f"backbone arch '{arch}': expected one of {', '.join(ARCHS)}")
+    net = ARCHS[arch](weights=None, norm_layer=nn.BatchNorm2d, zero_init_residual=True)
+    net.fc = nn.Identity()
+    return net
+
+
+def init_resnet(net: resnet.ResNet, arch: str, init: str, weights_file: str | None) -> str:
+    """Initialise the ResNet from ``init`` (random | imagenet | path); returns what was loaded, in words.
+
+    Delegates to :func:`fpsiam.weights.init_backbone`, which fails loudly (FpsiamError naming the file)
+    on weights that do not fit the architecture and reports "loaded N/M tensors from FILE".
+    """
+    from fpsiam.weights import init_backbone  # lazy: the weights module is only needed here
+
+    return str(init_backbone(net, arch, init, weights_file))
+
+
+def resnet_fpn(net: resnet.ResNet, arch: str, kind: str) -> ResNetFPN:
+    """Wrap a ResNet into the detector's FPN: C2..C5 + max-pool P6 (Faster R-CNN), C3..C5 + P6/P7 (RetinaNet)."""
+    channels = STAGE_CHANNELS[arch]
+    if kind == "faster_rcnn":
+        stages = (1, 2, 3, 4)
+        extra: nn.Module = LastLevelMaxPool()
+    else:
+        stages = (2, 3, 4)
+        # in_channels (C5 width) != 256 for every ResNet here, so torchvision takes P6 from C5 (mmdet 'on_input').
+        extra = LastLevelP6P7(channels[3], FPN_CHANNELS)
+    return_layers = {f"layer{s}": str(i) for i, s in enumerate(stages)}
+    in_channels = [channels[s - 1] for s in stages]
+    return ResNetFPN(net, return_layers, in_channels, FPN_CHANNELS, extra_blocks=extra)
+
+
+# ------------------------------------------------------------------------------ L1 box loss (Faster R-CNN)
+
+
+def _box_regression_loss(pred: Tensor, target: Tensor, box_loss: str) -> Tensor:
+    """Summed L1 (mmdet's L1Loss) or torchvision's smooth-L1 with beta 1/9."""
+    if box_loss == "l1":
+        return F.l1_loss(pred, target, reduction="sum")
+    return F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="sum")
+
+
+class L1RegionProposalNetwork(RegionProposalNetwork):
+    """torchvision's RPN with an L1 box loss; sampling and normalisation are torchvision's (= mmdet's)."""
+
+    def compute_loss(
+        self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        pos = torch.where(torch.cat(sampled_pos, dim=0))[0]
+        neg = torch.where(torch.cat(sampled_neg, dim=0))[0]
+        sampled = torch.cat([pos, neg], dim=0)
+        labels_all = torch.cat(labels, dim=0)
+        targets_all = torch.cat(regression_targets, dim=0)
+        box_loss = _box_regression_loss(pred_bbox_deltas[pos], targets_all[pos], "l1") / sampled.numel()
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels_all[sampled])
+        return objectness_loss, box_loss
+
+
+class L1RoIHeads(RoIHeads):
+    """torchvision's box-only RoIHeads with an L1 box loss in training; inference is unchanged."""
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        labels_all = torch.cat(labels, dim=0)
+        targets_all = torch.cat(regression_targets, dim=0)
+        loss_classifier = F.cross_entropy(class_logits, labels_all)
+        pos = torch.where(labels_all > 0)[0]
+        box_regression = box_regression.reshape(class_logits.shape[0], -1, 4)
+        loss_box_reg = (
+            _box_regression_loss(box_regression[pos, labels_all[pos]], targets_all[pos], "l1") / labels_all.numel()
+        )
+        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+
+# ------------------------------------------------------------------------------------------ detectors
+
+
+def _transform_kwargs(spec: DetectorSpec) -> dict[str, Any]:
+    return {
+        "min_size": spec.min_size,
+        "max_size": spec.max_size,
+        "image_mean": list(IMAGE_MEAN),
+        "image_std": list(IMAGE_STD),
+        "size_divisible": SIZE_DIVISIBLE,
+    }
+
+
+def _faster_rcnn(backbone: ResNetFPN, spec: DetectorSpec) -> FasterRCNN:
+    anchors = AnchorGenerator(FRCNN_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(FRCNN_ANCHOR_SIZES))
+    rpn_head = RPNHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0])
+    roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=ROI_OUTPUT_SIZE, sampling_ratio=ROI_SAMPLING_RATIO)
+    box_head = TwoMLPHead(FPN_CHANNELS * ROI_OUTPUT_SIZE**2, REPRESENTATION_SIZE)
+    predictor = FastRCNNPredictor(REPRESENTATION_SIZE, spec.num_classes)
+    model = FasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_head=rpn_head,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=predictor,
+        **_transform_kwargs(spec),
+    )
+    # Rebuild the RPN and RoI heads from the recipe tables above (one source of truth for every value),
+    # as the L1 subclasses when asked; the modules inside are the ones just built.
+    rpn_cls = L1RegionProposalNetwork if spec.box_loss == "l1" else RegionProposalNetwork
+    model.rpn = rpn_cls(anchors, rpn_head, **copy.deepcopy(RPN_SETTINGS))  # the model owns its dicts
+    roi_cls = L1RoIHeads if spec.box_loss == "l1" else RoIHeads
+    model.roi_heads = roi_cls(roi_pool, box_head, predictor, **ROI_SETTINGS)
+    return model
+
+
+def _retinanet(backbone: ResNetFPN, spec: DetectorSpec) -> RetinaNet:
+    anchors = AnchorGenerator(RETINA_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(RETINA_ANCHOR_SIZES))
+    model = RetinaNet(
+        backbone,
+        num_classes=spec.num_classes,
+        anchor_generator=anchors,
+        **RETINA_SETTINGS,
+        **_transform_kwargs(spec),
+    )
+    model.head.regression_head._loss_type = spec.box_loss
+    return model
+
+
+def build_detector(
+    kind: DetectorKind,
+    arch: str = "resnet50",
+    init: str = "random",
+    weights_file: str | None = None,
+    min_size: int = 480,
+    max_size: int = 480,
+    num_classes: int = 2,
+    box_loss: BoxLoss = "l1",
+) -> nn.Module:
+    """Build a torchvision FasterRCNN or RetinaNet with the recipe of DESIGN §2.
+
+    ``init``: "random", "imagenet" (torchvision's ImageNet weights; ``weights_file`` may point to an
+    offline copy) or the path of a torchvision-keyed backbone file. The backbone is initialised before it
+    is wrapped into the FPN; the stem is then frozen. ``box_loss``: "l1" is the reference (both detectors),
+    "smooth_l1" is torchvision's (Faster R-CNN beta 1/9, RetinaNet beta 1).
+
+    The returned model carries ``model.fpsiam_spec`` (:class:`DetectorSpec`) and ``model.init_message``
+    (what was loaded into the backbone, in words) for :func:`describe` and :func:`save_detector`.
+    """
+    spec = DetectorSpec(kind, arch, min_size, max_size, num_classes, box_loss)
+    spec.check()
+    net = build_resnet(arch)
+    message = init_resnet(net, arch, init, weights_file)
+    freeze_stem(net)
+    backbone = resnet_fpn(net, arch, kind)
+    model = _faster_rcnn(backbone, spec) if kind == "faster_rcnn" else _retinanet(backbone, spec)
+    model.fpsiam_spec = spec
+    model.init_message = message
+    return model
+
+
+def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """SyncBatchNorm when running distributed on CUDA (DESIGN §2: SyncBN); the model unchanged otherwise.
+
+    Frozen BNs keep their frozen parameters and stay in eval (``ResNetFPN.train`` checks requires_grad).
+    """
+    dist = torch.distributed
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and on_cuda:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def _spec_of(model: nn.Module) -> DetectorSpec:
+    spec = getattr(model, "fpsiam_spec", None)
+    if not isinstance(spec, DetectorSpec):
+        raise ValueError("not a detector built by fpsiam.detect.models.build_detector")
+    return spec
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """The recipe as built, read back from the model's modules: for run logs and tests (JSON-ready)."""
+    spec = _spec_of(model)
+    t = model.transform
+    body = model.backbone.body
+    fpn = model.backbone.fpn
+    levels = list(model.backbone.body.return_layers.values())
+    levels += ["pool"] if isinstance(fpn.extra_blocks, LastLevelMaxPool) else ["p6", "p7"]
+    anchor_gen = model.rpn.anchor_generator if spec.kind == "faster_rcnn" else model.anchor_generator
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    params = list(model.named_parameters())
+    info: dict[str, Any] = {
+        "kind": spec.kind,
+        "arch": spec.arch,
+        "num_classes": spec.num_classes,
+        "box_loss": spec.box_loss,
+        "init": getattr(model, "init_message", ""),
+        "transform": {
+            "min_size": list(t.min_size),
+            "max_size": t.max_size,
+            "image_mean": list(t.image_mean),
+            "image_std": list(t.image_std),
+            "size_divisible": t.size_divisible,
+        },
+        "fpn": {
+            "returned_layers": list(body.return_layers.keys()),
+            "levels": levels,
+            "channels": model.backbone.out_channels,
+            "extra": type(fpn.extra_blocks).__name__,
+        },
+        "anchors": {
+            "sizes": [list(s) for s in anchor_gen.sizes],
+            "aspect_ratios": [list(r) for r in anchor_gen.aspect_ratios],
+            "per_location": anchor_gen.num_anchors_per_location(),
+        },
+        "batchnorm": {
+            "types": sorted({type(m).__name__ for m in bns}),
+            "count": len(bns),
+            # frozen BNs: no gradient and kept in eval by ResNetFPN.train (the stem's bn1)
+            "frozen": [
+                f"backbone.body.{n}"
+                for n, m in body.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.weight.requires_grad
+            ],
+        },
+        "frozen_parameters": [n for n, p in params if not p.requires_grad],
+        "trainable_parameters": sum(p.numel() for _, p in params if p.requires_grad),
+        "total_parameters": sum(p.numel() for _, p in params),
+    }
+    if spec.kind == "faster_rcnn":
+        rpn, roi = model.rpn, model.roi_heads
+        info["rpn"] = {
+            "pre_nms_top_n": dict(rpn._pre_nms_top_n),
+            "post_nms_top_n": dict(rpn._post_nms_top_n),
+            "nms_thresh": rpn.nms_thresh,
+            "fg_iou_thresh": rpn.proposal_matcher.high_threshold,
+            "bg_iou_thresh": rpn.proposal_matcher.low_threshold,
+            "batch_size_per_image": rpn.fg_bg_sampler.batch_size_per_image,
+            "loss": type(rpn).__name__,
+        }
+        info["roi_heads"] = {
+            "featmap_names": list(roi.box_roi_pool.featmap_names),
+            "output_size": list(roi.box_roi_pool.output_size),
+            "sampling_ratio": roi.box_roi_pool.sampling_ratio,
+            "representation_size": roi.box_head.fc7.out_features,
+            "batch_size_per_image": roi.fg_bg_sampler.batch_size_per_image,
+            "positive_fraction": roi.fg_bg_sampler.positive_fraction,
+            "loss": type(roi).__name__,
+        }
+        info["test"] = {
+            "score_thresh": roi.score_thresh,
+            "nms_thresh": roi.nms_thresh,
+            "detections_per_img": roi.detections_per_img,
+        }
+    else:
+        info["retinanet"] = {
+            "fg_iou_thresh": model.proposal_matcher.high_threshold,
+            "bg_iou_thresh": model.proposal_matcher.low_threshold,
+            "focal_alpha": FOCAL_ALPHA,
+            "focal_gamma": FOCAL_GAMMA,
+            "regression_loss": model.head.regression_head._loss_type,
+            "topk_candidates": model.topk_candidates,
+        }
+        info["test"] = {
+            "score_thresh": model.score_thresh,
+            "nms_thresh": model.nms_thresh,
+            "detections_per_img": model.detections_per_img,
+        }
+    return info
+
+
+# ---------------------------------------------------------------------------------------- model files
+
+
+def save_detector(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as safetensors (full state_dict) with its :class:`DetectorSpec` + ``meta`` as JSON metadata.
+
+    ``meta`` must be JSON-serialisable (e.g. epoch, metrics, the backbone's source); its keys may not
+    contradict the spec's (kind, arch, ...). Written atomically; returns ``path``.
+    """
+    from safetensors.torch import save_file
+
+    spec = dataclasses.asdict(_spec_of(model))
+    meta = dict(meta or {})
+    for key, value in spec.items():
+        if key in meta and meta[key] != value:
+            raise ValueError(f"meta['{key}']={meta[key]!r} contradicts the model's {key}={value!r}")
+    info = {**meta, **spec, "format": FILE_FORMAT, "init": getattr(model, "init_message", "")}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(info)})
+    return Path(path)
+
+
+def read_detector_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a model file; FpsiamError when ``path`` is not an fpsiam detector file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FpsiamError(f"{path}: model file not found; pass a model.safetensors written by 'fpsiam detect train'")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FpsiamError(f"{path}: not a safetensors model file ({e})") from None
+    if raw is None:
+        raise FpsiamError(
+            f"{path}: a safetensors file without fpsiam detector metadata (a backbone weights file? "
+            "pass it as --backbone to 'fpsiam detect train' instead)"
+        )
+    try:
+        info = json.loads(raw)
+    except json.JSONDecodeError:
+        raise FpsiamError(f"{path}: corrupt detector metadata (not JSON)") from None
+    if not isinstance(info, dict) or info.get("format") != FILE_FORMAT:
+        raise FpsiamError(f"{path}: unknown detector file format {info.get('format')!r}, expected {FILE_FORMAT}")
+    return info
+
+
+def load_detector(
+    path: str | os.PathLike,
+    kind: str | None = None,
+    arch: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the detector a file describes, load its weights, return ``(model in eval mode, metadata)``.
+
+    ``kind`` / ``arch``: what the caller expects; a file of another kind or backbone is an FpsiamError
+    naming the file and the mismatch, and so is a state_dict whose keys or shapes do not fit its metadata.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = read_detector_meta(path)
+    for key, want in (("kind", kind), ("arch", arch)):
+        if want is not None and info.get(key) != want:
+            raise FpsiamError(f"{path}: a {info.get(key)} model file, but {want} was requested; pass a {want} model")
+    fields = {f.name for f in dataclasses.fields(DetectorSpec)}
+    try:
+        spec = DetectorSpec(**{k: info[k] for k in fields})
+    except KeyError as e:
+        raise FpsiamError(f"{path}: detector metadata lacks {e}; the file is damaged") from None
+    try:
+        spec.check()
+    except FpsiamError as e:
+        raise FpsiamError(f"{path}: {e}") from None
+    model = build_detector(spec.kind, spec.arch, "random", None, spec.min_size, spec.max_size, spec.num_classes,
+                           spec.box_loss)  # fmt: skip
+    state = load_file(str(path))
+    _check_state_dict(path, spec, model.state_dict(), state)
+    model.load_state_dict(state, strict=True)
+    model.init_message = info.get("init", "")
+    return model.to(device).eval(), info
+
+
+def _check_state_dict(path: Path, spec: DetectorSpec, expected: dict[str, Tensor], found: dict[str, Tensor]) -> None:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} of another shape (e.g. {k}: file {tuple(found[k].shape)}, "
+            f"model {tuple(expected[k].shape)})"
+        )
+    raise FpsiamError(
+        f"{path}: its tensors do not fit a {spec.kind} {spec.arch} detector as its metadata says: "
+        + "; ".join(parts)
+        + ". The file is damaged or was edited; retrain or pass the right model file"
+    )
+
+
+__all__ = [
+    "DetectorSpec",
+    "L1RegionProposalNetwork",
+    "L1RoIHeads",
+    "ResNetFPN",
+    "build_detector",
+    "build_resnet",
+    "convert_sync_bn",
+    "describe",
+    "freeze_stem",
+    "init_resnet",
+    "load_detector",
+    "read_detector_meta",
+    "resnet_fpn",
+    "save_detector",
+    "set_bn_train",
+]
