@@ -24,6 +24,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
         drop_degenerate=args.drop_degenerate,
         min_area=args.min_area,
         video_pattern=args.video_pattern,
+        sequences=args.sequences,
     )
     report = convert_dataset(args.format, Path(args.src), Path(args.output), args.images, options)
     print("\n".join(report.lines()))
@@ -207,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="regex with named groups (?P<video>...) and (?P<frame>...) applied to image file "
         "names, for sources that encode video and frame in the name",
     )
+    p.add_argument("--sequences", default=None, metavar="CSV",
+                   help="masks: a table (columns image, video[, frame]) mapping frames to video sequences "
+                   "(CVC-ClinicDB); default: SRC/sequences.csv when present")  # fmt: skip
     p.set_defaults(func=cmd_data_convert)
 
     p = dsub.add_parser(
@@ -217,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ann", help="COCO json")
     p.add_argument("--images", help="images folder (default: the json's folder)")
-    p.add_argument("--no-decode", action="store_true", help="only check that files exist (faster)")
+    p.add_argument("--no-decode", action="store_true", help="read image headers only, no pixel decoding (faster)")
     p.set_defaults(func=cmd_data_check)
 
     p = dsub.add_parser(
