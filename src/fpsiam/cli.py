@@ -162,6 +162,46 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gradcam(args: argparse.Namespace) -> int:
+    from fpsiam.explain.gradcam import gradcam_command
+
+    summary = gradcam_command(
+        args.model, args.input, Path(args.output), ann=args.ann, images=args.images, arch=args.arch,
+        max_images=args.max_images, mode=args.mode, score_threshold=args.score_threshold, size=args.size,
+    )  # fmt: skip
+    print(f"{len(summary.get('overlays', []))} overlays in {args.output}")
+    energy = summary.get("energy")
+    if energy and energy.get("n_frames"):
+        e = energy
+        print(f"CAM energy inside true boxes: {e['mean_energy_in_box']:.3f} (chance {e['mean_box_area_fraction']:.3f}), "
+              f"peak inside a box: {e['peak_in_box_rate']:.2f}, over {e['n_frames']} frames")  # fmt: skip
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- the study
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from fpsiam.config import ExperimentConfig, load_config
+
+    cfg = load_config(ExperimentConfig, args.config, args.set)
+    from fpsiam.experiment import run_experiment
+
+    out = Path(args.output) if args.output else Path("runs") / "experiments" / Path(args.config).stem
+    run_experiment(cfg, out, where=args.config, command=" ".join(["fpsiam", *sys.argv[1:]]))
+    print(f"results: {out / 'results.json'}")
+    print(f"report:  {out / 'report.html'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fpsiam.demo import run_demo
+
+    report = run_demo(args.output, quick=args.quick, overrides=args.set)
+    print(f"report: {report}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -331,6 +371,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, default=0.5, help="fixed score threshold for clinical metrics")
     p.set_defaults(func=cmd_detect_eval)
+
+    p = sub.add_parser(
+        "gradcam",
+        help="Grad-CAM / EigenCAM of a detector's detections or of a backbone alone",
+        description="Overlay class-activation maps on frames. MODEL: a detector file (Grad-CAM on its own "
+        "detections for Faster R-CNN, EigenCAM for RetinaNet), or a backbone (weights file, 'random', "
+        "'imagenet': EigenCAM of layer4, the paper's view). INPUT: an image, a folder or a COCO json; with true "
+        "boxes, the share of CAM energy inside them is written to OUT_DIR/cam_energy.json.",
+    )
+    p.add_argument("model", help="detector file, backbone weights file, 'random' or 'imagenet'")
+    p.add_argument("input", help="image, folder of images, or COCO json")
+    p.add_argument("-o", "--output", default="gradcam", help="output folder (default: gradcam)")
+    p.add_argument("--ann", help="COCO json with true boxes for the frames of a folder INPUT")
+    p.add_argument("--images", help="images root for a COCO json INPUT")
+    p.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], default="resnet50",
+                   help="backbone architecture (backbone MODELs only)")  # fmt: skip
+    p.add_argument("--max-images", type=int, default=16, help="at most this many frames (0: all)")
+    p.add_argument("--mode", choices=["auto", "gradcam", "eigencam"], default="auto")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="detections explained (detector MODELs)")
+    p.add_argument("--size", type=int, default=None, help="resize frames to fit SIZE (480: the detection input)")
+    p.set_defaults(func=cmd_gradcam)
+
+    p = sub.add_parser(
+        "experiment",
+        help="the whole study: pretrain -> fine-tune -> evaluate -> report.html (resumable)",
+        description="Run every arm (self-supervised methods, random/ImageNet init, external weights) x "
+        "detector x seed, each stage in its own run folder; rerunning skips finished stages and resumes "
+        "interrupted ones. Writes OUT/results.json and OUT/report.html.",
+    )
+    p.add_argument("config", help="experiment YAML (see configs/experiments/)")
+    p.add_argument("-o", "--output", help="output folder (default: runs/experiments/<config name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on built-in synthetic colonoscopy data (a few minutes on a CPU)",
+        description="Generate synthetic colonoscopy videos, pretrain FPSiam and SimSiam, fine-tune Faster R-CNN "
+        "and RetinaNet from random / SimSiam / FPSiam backbones, evaluate, and write report.html.",
+    )
+    p.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--quick", action="store_true", help="a few steps per stage only (a smoke test)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_demo)
 
     return parser
 
