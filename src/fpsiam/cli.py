@@ -173,7 +173,7 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     energy = summary.get("energy")
     if energy and energy.get("n_frames"):
         e = energy
-        print(f"CAM energy inside true boxes: {e['mean_energy_in_box']:.3f} (chance {e['mean_box_area_fraction']:.3f}), "
+        print(f"CAM energy in true boxes: {e['mean_energy_in_box']:.3f} (chance {e['mean_box_area_fraction']:.3f}), "
               f"peak inside a box: {e['peak_in_box_rate']:.2f}, over {e['n_frames']} frames")  # fmt: skip
     return 0
 

@@ -173,6 +173,41 @@ class DetectConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
+# The whole study (``fpsiam experiment``): pretraining arms x inits x detectors x seeds -> report.
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """``fpsiam experiment CONFIG.yaml``: which arms, detectors and seeds, and the presets of each stage.
+
+    An *arm* is a backbone initialisation: each method in ``methods`` (pretrained here on ``frames``),
+    each entry of ``inits`` (random, imagenet), and each ``weights`` entry (``name=path``: an external
+    backbone file, e.g. one pretrained with lightly). Every arm is fine-tuned with every detector and seed.
+    """
+
+    name: str = "experiment"
+    frames: str = ""  # unlabeled frames for pretraining (folder, video, LDPolypVideo PreTrain, COCO json)
+    frames_images: str | None = None  # images root when ``frames`` is a COCO json
+    train: str = ""  # labeled training set (COCO json)
+    test: str = ""  # labeled test set (COCO json): the table's numbers
+    val: str | None = None  # per-epoch validation set; default: the test set (the report says so)
+    images: str | None = None  # images root for train/val/test (default: each json's folder)
+    methods: list[Literal["fpsiam", "simsiam"]] = dataclasses.field(default_factory=lambda: ["fpsiam", "simsiam"])
+    inits: list[Literal["random", "imagenet"]] = dataclasses.field(default_factory=lambda: ["random", "imagenet"])
+    weights: list[str] = dataclasses.field(default_factory=list)  # "name=path/to/backbone.safetensors"
+    detectors: list[Literal["faster_rcnn", "retinanet"]] = dataclasses.field(
+        default_factory=lambda: ["faster_rcnn", "retinanet"]
+    )
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds
+    average_last: int = 1  # report the mean of the last k per-epoch evaluations (when val is the test set)
+    gradcam_images: int = 8  # test frames for the Grad-CAM comparison (0: skip)
+    sample_images: int = 6  # test frames drawn with predicted vs true boxes (0: skip)
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    detect: DetectConfig = dataclasses.field(default_factory=DetectConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Loading, overriding, validating, writing.
 # ----------------------------------------------------------------------------------------------------
 

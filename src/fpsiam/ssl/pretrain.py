@@ -292,7 +292,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
             if global_step % t.log_every == 0 or step_in_epoch == steps_per_epoch:
                 metrics.log(
                     {
-                        "epoch": epoch,
+                        "epoch": epoch + 1,  # 1-based: the epoch this step belongs to
                         "step": step_in_epoch,
                         "global_step": global_step,
                         "lr": optimizer.param_groups[0]["lr"],

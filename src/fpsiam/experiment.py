@@ -1,0 +1,345 @@
+"""``fpsiam experiment``: the whole study, resumable — pretrain -> extract -> fine-tune -> evaluate -> report.
+
+For every self-supervised method: pretrain on the unlabeled frames (``OUT/pretrain/<method>``), keep its
+backbone. Every arm (each method's backbone, random, ImageNet, external weight files) is then fine-tuned
+with every detector and seed (``OUT/detect/<arm>/<detector>/seed<k>``) and evaluated on the test set.
+Finally ``OUT/results.json`` collects every metric and ``OUT/report.html`` shows the comparison.
+
+Each stage leaves a marker file when it is finished (``summary.json``, ``results.json``,
+``test_metrics.json``, ``cam_energy.json``); rerunning the same command skips finished stages and resumes
+interrupted ones from their newest checkpoint. A failing arm is recorded with its reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import platform
+import socket
+import statistics
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fpsiam.config import ExperimentConfig, save_config, to_dict
+from fpsiam.errors import FpsiamError
+from fpsiam.fileio import write_json
+from fpsiam.train import distributed as D
+
+TABLE_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300] if not isinstance(e, FpsiamError) else str(e)[:300]
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cpu}, {torch.get_num_threads()} threads, {gpu}; {versions}"
+
+
+def check_config(cfg: ExperimentConfig, where: str) -> None:
+    """Errors a user can fix before hours of compute are spent."""
+    if cfg.methods and not cfg.frames:
+        raise FpsiamError(f"{where}: 'frames' (unlabeled frames for pretraining) is empty but methods are listed")
+    for key in ("train", "test"):
+        if not getattr(cfg, key):
+            raise FpsiamError(f"{where}: '{key}' (a COCO json) is required")
+    if cfg.methods and cfg.pretrain.model.backbone != cfg.detect.model.arch:
+        raise FpsiamError(
+            f"{where}: pretrain.model.backbone is {cfg.pretrain.model.backbone} but detect.model.arch is "
+            f"{cfg.detect.model.arch}; the pretrained backbone must be the detector's"
+        )
+    if not cfg.seeds or not cfg.detectors:
+        raise FpsiamError(f"{where}: 'seeds' and 'detectors' need at least one entry")
+    names = set()
+    for item in cfg.weights:
+        if "=" not in item:
+            raise FpsiamError(f"{where}: weights entry {item!r}: expected name=path/to/backbone.safetensors")
+        name, path = item.split("=", 1)
+        if not Path(path).is_file():
+            raise FpsiamError(f"{where}: weights entry {name}: file {path} not found")
+        names.add(name)
+    clash = names & (set(cfg.methods) | set(cfg.inits))
+    if clash:
+        raise FpsiamError(f"{where}: weights names {sorted(clash)} clash with methods/inits; rename them")
+
+
+def imagenet_weights(cfg: ExperimentConfig) -> tuple[str | None, str | None]:
+    """``(weights_file_or_None, None)`` when ImageNet weights can be had, else ``(None, reason)``.
+
+    An offline file (``detect.model.weights_file``) or torchvision's cache is used as is; otherwise one
+    download is tried through torchvision's own mechanism (with a time-out).
+    """
+    if cfg.detect.model.weights_file:
+        return cfg.detect.model.weights_file, None
+    import torchvision.models as tvm
+
+    weights = {
+        "resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights,
+    }[cfg.detect.model.arch].IMAGENET1K_V1  # fmt: skip
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.is_file():
+        return str(cached), None
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        weights.get_state_dict(progress=False)
+        return str(cached), None
+    except Exception as e:  # noqa: BLE001 - any download failure means: not available
+        return None, (
+            f"ImageNet weights not available offline ({type(e).__name__}); set detect.model.weights_file to a "
+            f"copy of {Path(weights.url).name}"
+        )
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+class Experiment:
+    """Runs the stages of one experiment into ``out``; every stage can be skipped, resumed or fail alone."""
+
+    def __init__(self, cfg: ExperimentConfig, out: Path, env: D.DistEnv, command: str = ""):
+        self.cfg, self.out, self.env, self.command = cfg, Path(out), env, command
+        self.log = print if env.is_main else (lambda *a, **k: None)
+
+    # ------------------------------------------------------------------ pretraining
+    def pretrain(self, method: str) -> dict[str, Any]:
+        from fpsiam.ssl.pretrain import pretrain
+
+        run = self.out / "pretrain" / method
+        entry: dict[str, Any] = {"run_dir": str(run.relative_to(self.out))}
+        if (run / "summary.json").is_file():
+            self.log(f"[pretrain {method}] done before; skipping")
+        else:
+            cfg = copy.deepcopy(self.cfg.pretrain)
+            cfg.model.method = method
+            cfg.data.source = self.cfg.frames
+            cfg.data.images = self.cfg.frames_images
+            self.log(f"[pretrain {method}] -> {run}")
+            try:
+                pretrain(cfg, run, resume=True, env=self.env)
+            except Exception as e:  # noqa: BLE001 - a failed arm is reported, the others go on
+                entry.update(status="failed", reason=_reason(e), curve=_jsonl(run / "metrics.jsonl"))
+                self.log(f"[pretrain {method}] FAILED: {entry['reason']}")
+                if not isinstance(e, FpsiamError):
+                    traceback.print_exc(file=sys.stderr)
+                return entry
+        summary = _read_json(run / "summary.json")
+        keys = ("global_step", "epoch", "loss", "loss_local", "loss_global", "collapse", "collapse_local",
+                "collapse_global")  # fmt: skip
+        curve = [{k: r[k] for k in keys if k in r} for r in _jsonl(run / "metrics.jsonl")]
+        entry.update(status="done", reason=None, seconds=summary.get("seconds_this_process"), curve=curve,
+                     backbone=str((run / "backbone.safetensors").relative_to(self.out)), final=summary.get("final"),
+                     peak_rss_mb=summary.get("peak_rss_mb"))  # fmt: skip
+        return entry
+
+    # ------------------------------------------------------------------ fine-tuning + test evaluation
+    def finetune(self, arm: str, backbone: str, weights_file: str | None, detector: str, seed: int) -> dict[str, Any]:
+        from fpsiam.detect.engine import evaluate_file
+        from fpsiam.detect.train import train_detector
+
+        run = self.out / "detect" / arm / detector / f"seed{seed}"
+        entry: dict[str, Any] = {
+            "arm": arm,
+            "detector": detector,
+            "seed": seed,
+            "run_dir": str(run.relative_to(self.out)),
+        }
+        try:
+            if (run / "results.json").is_file():
+                self.log(f"[{arm} {detector} seed {seed}] trained before; skipping")
+            else:
+                cfg = copy.deepcopy(self.cfg.detect)
+                cfg.model.kind = detector
+                cfg.model.backbone = backbone
+                cfg.model.weights_file = weights_file
+                cfg.train.seed = seed
+                cfg.data.train, cfg.data.val, cfg.data.images = (
+                    self.cfg.train,
+                    self.cfg.val or self.cfg.test,
+                    self.cfg.images,
+                )
+                self.log(f"[{arm} {detector} seed {seed}] -> {run}")
+                train_detector(cfg, run, resume=True, env=self.env)
+            if self.env.is_main and not (run / "test_metrics.json").is_file():
+                evaluate_file(run / "last.safetensors", self.cfg.test, self.cfg.images, run / "test_metrics.json",
+                              batch_size=self.cfg.detect.train.batch_size, device=str(self.env.device))  # fmt: skip
+            D.barrier(self.env)
+        except Exception as e:  # noqa: BLE001 - a failed arm is reported, the others go on
+            entry.update(status="failed", reason=_reason(e))
+            self.log(f"[{arm} {detector} seed {seed}] FAILED: {entry['reason']}")
+            if not isinstance(e, FpsiamError):
+                traceback.print_exc(file=sys.stderr)
+            return entry
+        results = _read_json(run / "results.json")
+        test = _read_json(run / "test_metrics.json")
+        history = [
+            {k: h[k] for k in ("epoch", "mAP", "AP50", "AP75") if k in h} for h in results["history"] if "mAP" in h
+        ]
+        metrics = {k: test["coco"][k] for k in TABLE_KEYS}
+        source = "last epoch"
+        k = self.cfg.average_last
+        if k > 1 and (self.cfg.val in (None, self.cfg.test)) and len(history) >= 1:
+            last_k = history[-k:]
+            metrics.update({m: statistics.fmean(h[m] for h in last_k) for m in ("mAP", "AP50", "AP75")})
+            source = f"mean of the last {len(last_k)} test evaluations"
+        entry.update(
+            status="done", reason=None, metrics=metrics, metrics_source=source, clinical=test["clinical"],
+            history=history, speed=test["speed"], best_val=results["best"], init=results.get("init"),
+            train_seconds=None,
+        )  # fmt: skip
+        return entry
+
+    # ------------------------------------------------------------------ pictures
+    def samples(self, entry: dict[str, Any], n: int) -> list[dict[str, str]]:
+        """Draw predicted (score >= 0.5, red) vs true (green) boxes on the first ``n`` test frames with polyps."""
+        from PIL import Image, ImageDraw
+
+        from fpsiam.data.coco import CocoDetection
+        from fpsiam.fileio import atomic_path
+
+        run = self.out / entry["run_dir"]
+        preds = _read_json(run / "test_metrics.predictions.json")
+        ds = CocoDetection(self.cfg.test, self.cfg.images, keep_negatives=False)
+        out = []
+        for i in range(min(n, len(ds))):
+            image, target = ds[i]
+            img = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+            draw = ImageDraw.Draw(img)
+            for box in target["boxes"].tolist():
+                draw.rectangle(box, outline=(0, 255, 0), width=2)
+            image_id = int(target["image_id"])
+            for p in preds:
+                if p["image_id"] == image_id and p["score"] >= 0.5:
+                    x, y, w, h = p["bbox"]
+                    draw.rectangle([x, y, x + w, y + h], outline=(255, 40, 40), width=2)
+                    draw.text((x + 2, y + 2), f"{p['score']:.2f}", fill=(255, 255, 0))
+            img.thumbnail((320, 320))
+            path = run / "samples" / f"{image_id}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                img.save(tmp, format="PNG")
+            out.append({"png": str(path.relative_to(self.out))})
+        return out
+
+    def gradcam(self, arm: str, backbone: str) -> dict[str, Any] | None:
+        """The paper's view: CAM of the backbone alone on the same test frames, and its in-box energy."""
+        from fpsiam.explain import gradcam as G
+
+        folder = self.out / "gradcam" / arm
+        done = folder / G.ENERGY_FILE
+        if not done.is_file():
+            G.gradcam_command(backbone, str(self.cfg.test), folder, images=self.cfg.images,
+                              arch=self.cfg.detect.model.arch, max_images=self.cfg.gradcam_images,
+                              size=self.cfg.detect.model.max_size)  # fmt: skip
+        e = _read_json(done)["energy"]
+        pngs = sorted(folder.rglob("*.png"))
+        return {
+            "energy_in_box": e["mean_energy_in_box"], "peak_in_box": e["peak_in_box_rate"],
+            "chance": e["mean_box_area_fraction"], "n": e["n_frames"],
+            "images": [str(p.relative_to(self.out)) for p in pngs],
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------ the whole study
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+        pretrain = {m: self.pretrain(m) for m in cfg.methods}
+
+        arms: list[tuple[str, str, str | None, str | None]] = []  # (name, backbone, weights_file, skip reason)
+        for init in cfg.inits:
+            if init == "imagenet":
+                wf, why = imagenet_weights(cfg)
+                arms.append(("imagenet", "imagenet", wf, why))
+            else:
+                arms.append((init, init, None, None))
+        for m, p in pretrain.items():
+            failed = None if p["status"] == "done" else f"pretraining failed: {p['reason']}"
+            arms.append((m, "" if failed else str(self.out / p["backbone"]), None, failed))
+        for item in cfg.weights:
+            name, path = item.split("=", 1)
+            arms.append((name, path, None, None))
+
+        runs = []
+        for name, backbone, weights_file, skip in arms:
+            for detector in cfg.detectors:
+                for seed in cfg.seeds:
+                    if skip:
+                        status = "failed" if skip.startswith("pretraining failed") else "skipped"
+                        runs.append({"arm": name, "detector": detector, "seed": seed, "status": status, "reason": skip})
+                        continue
+                    runs.append(self.finetune(name, backbone, weights_file, detector, seed))
+        gradcam: dict[str, Any] = {}
+        if self.env.is_main:
+            for entry in runs:
+                if entry["status"] == "done" and entry["seed"] == cfg.seeds[0] and cfg.sample_images > 0:
+                    try:
+                        entry["samples"] = self.samples(entry, cfg.sample_images)
+                    except Exception as e:  # noqa: BLE001 - pictures are optional
+                        entry["samples_error"] = _reason(e)
+            if cfg.gradcam_images > 0:
+                for name, backbone, _wf, skip in arms:
+                    if skip or name == "imagenet":
+                        continue  # imagenet: the backbone file is torchvision's; CAMs of it come with the weights
+                    try:
+                        gradcam[name] = self.gradcam(name, backbone)
+                    except Exception as e:  # noqa: BLE001 - pictures are optional
+                        gradcam[name] = {"error": _reason(e)}
+        results = {
+            "title": f"fpsiam experiment: {cfg.name}",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_description(),
+            "command": self.command,
+            "config": to_dict(cfg),
+            "detectors": list(cfg.detectors),
+            "arms": [a[0] for a in arms],
+            "val_is_test": cfg.val in (None, cfg.test),
+            "runs": runs,
+            "pretrain": pretrain,
+            "gradcam": gradcam,
+        }
+        if self.env.is_main:
+            from fpsiam.report.html import write_report
+
+            write_json(self.out / "results.json", results)
+            write_report(results, self.out / "report.html")
+        D.barrier(self.env)
+        return results
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, where: str = "config", command: str = "") -> dict[str, Any]:
+    """Check the config, then run (or resume) every stage; returns the results dict (also results.json)."""
+    check_config(cfg, where)
+    env = D.init_distributed(cfg.detect.train.device)
+    try:
+        return Experiment(cfg, Path(out), env, command).run()
+    finally:
+        D.cleanup()

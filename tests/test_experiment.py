@@ -1,0 +1,197 @@
+"""`fpsiam experiment` / `fpsiam demo` end to end on tiny synthetic data: results, report, resume, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from fpsiam.cli import main
+from fpsiam.config import ExperimentConfig, load_config
+from fpsiam.data.synthetic import SynthOptions, synth_split
+from fpsiam.demo import demo_config
+from fpsiam.errors import FpsiamError
+from fpsiam.experiment import Experiment, check_config, run_experiment
+from fpsiam.ssl.encoders import build_resnet
+from fpsiam.train.distributed import DistEnv
+
+TINY = [
+    "name=tiny",
+    "inits=[random]",
+    "detectors=[retinanet]",
+    "seeds=[0]",
+    "gradcam_images=1",
+    "sample_images=1",
+    "pretrain.model.backbone=resnet18",
+    "pretrain.model.init=random",
+    "pretrain.model.proj_dim=64",
+    "pretrain.model.pred_dim=16",
+    "pretrain.model.pyramid_channels=32",
+    "pretrain.data.size=32",
+    "pretrain.data.workers=0",
+    "pretrain.train.epochs=1",
+    "pretrain.train.batch_size=4",
+    "pretrain.train.max_steps_per_epoch=2",
+    "pretrain.train.amp=none",
+    "pretrain.train.progress=false",
+    "detect.model.arch=resnet18",
+    "detect.model.min_size=64",
+    "detect.model.max_size=64",
+    "detect.data.workers=0",
+    "detect.optim.warmup_iters=1",
+    "detect.train.epochs=2",
+    "detect.train.batch_size=2",
+    "detect.train.max_steps_per_epoch=1",
+    "detect.train.amp=none",
+    "detect.train.progress=false",
+]
+TIMING = ("model_images_per_s", "predict_images_per_s", "train_images_per_s")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("synth")
+    return synth_split(out, SynthOptions(videos=4, frames=3, width=96, height=80, mp4=False, seed=2))
+
+
+def tiny(synth, *extra: str) -> ExperimentConfig:
+    paths = [f"frames={synth['frames']}", f"train={synth['train']}", f"test={synth['test']}"]
+    return load_config(ExperimentConfig, None, [*TINY, *paths, *extra])
+
+
+def comparable(results: dict) -> dict:
+    """results.json without what legitimately differs between two runs (timings, dates)."""
+    runs = []
+    for r in results["runs"]:
+        r = {k: v for k, v in r.items() if k not in ("speed", "best_val", "init")}  # init names the out folder
+        runs.append(r)
+    pre = {
+        m: {k: v for k, v in p.items() if k not in ("seconds", "peak_rss_mb")} for m, p in results["pretrain"].items()
+    }
+    return {"runs": runs, "pretrain": pre, "gradcam": results["gradcam"], "arms": results["arms"]}
+
+
+@pytest.fixture(scope="module")
+def straight(synth, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("straight")
+    return out, run_experiment(tiny(synth, "methods=[fpsiam, simsiam]"), out)
+
+
+def test_results_json_and_a_self_contained_report(straight):
+    out, results = straight
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert results["arms"] == ["random", "fpsiam", "simsiam"]
+    assert [(r["arm"], r["detector"], r["seed"], r["status"]) for r in results["runs"]] == [
+        ("random", "retinanet", 0, "done"), ("fpsiam", "retinanet", 0, "done"), ("simsiam", "retinanet", 0, "done"),
+    ]  # fmt: skip
+    for run in results["runs"]:
+        assert set(run["metrics"]) >= {"mAP", "AP50", "AP75"} and all(-1 <= v <= 1 for v in run["metrics"].values())
+        assert [h["epoch"] for h in run["history"]] == [1, 2]
+        assert run["metrics"]["mAP"] == pytest.approx(run["history"][-1]["mAP"])  # last epoch on the test set
+        assert "at_best_f1" in run["clinical"] and len(run["samples"]) == 1
+        assert (out / run["samples"][0]["png"]).is_file()
+    for method in ("fpsiam", "simsiam"):
+        p = results["pretrain"][method]
+        assert p["status"] == "done" and p["curve"][-1]["global_step"] == 2
+        assert (out / p["backbone"]).is_file()
+    assert "collapse_local" in results["pretrain"]["fpsiam"]["curve"][-1]
+    html = (out / "report.html").read_text()
+    assert "<table" in html and "fpsiam" in html and "simsiam" in html and "random" in html
+    assert "http://" not in html and "https://" not in html and 'src="data:image/png;base64,' in html
+    assert (out / "config.yaml").is_file()
+
+
+def test_rerun_skips_finished_stages(straight, synth, capsys):
+    out, results = straight
+    again = run_experiment(tiny(synth, "methods=[fpsiam, simsiam]"), out)
+    log = capsys.readouterr().out
+    assert "done before; skipping" in log and "trained before; skipping" in log
+    assert comparable(again) == comparable(results)
+
+
+def test_killed_experiment_resumes_to_the_same_results(straight, synth, tmp_path, monkeypatch):
+    _, reference = straight
+    from fpsiam.detect import train as T
+
+    original = T.evaluate_on
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):  # killed in the middle of the second fine-tuning (fpsiam arm)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "evaluate_on", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny(synth, "methods=[fpsiam, simsiam]"), tmp_path)
+    monkeypatch.setattr(T, "evaluate_on", original)
+    assert not (tmp_path / "results.json").exists()
+    resumed = run_experiment(tiny(synth, "methods=[fpsiam, simsiam]"), tmp_path)
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_a_broken_arm_is_reported_and_the_others_complete(synth, tmp_path):
+    wrong = tmp_path / "r50.safetensors"
+    save_file({k: v.contiguous() for k, v in build_resnet("resnet50").state_dict().items()}, wrong)
+    cfg = tiny(synth, "methods=[]", f"weights=[wrong_arch={wrong}]", "gradcam_images=0", "sample_images=0")
+    results = run_experiment(cfg, tmp_path / "out")
+    status = {r["arm"]: (r["status"], r["reason"]) for r in results["runs"]}
+    assert status["random"] == ("done", None)
+    assert status["wrong_arch"][0] == "failed" and "r50.safetensors" in status["wrong_arch"][1]
+    assert "failed" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_nan_pretraining_fails_its_arm_only(synth, tmp_path, monkeypatch):
+    from fpsiam.ssl import methods
+
+    forward = methods.SimSiam.forward
+
+    def nan_forward(self, x1, x2):
+        out = forward(self, x1, x2)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(methods.SimSiam, "forward", nan_forward)
+    cfg = tiny(synth, "methods=[simsiam]", "inits=[random]", "gradcam_images=0", "sample_images=0")
+    results = run_experiment(cfg, tmp_path)
+    assert results["pretrain"]["simsiam"]["status"] == "failed"
+    assert "not finite" in results["pretrain"]["simsiam"]["reason"]
+    by_arm = {r["arm"]: r for r in results["runs"]}
+    assert by_arm["simsiam"]["status"] == "failed" and by_arm["random"]["status"] == "done"
+
+
+def test_config_errors_before_any_compute(synth, tmp_path, capsys):
+    with pytest.raises(FpsiamError, match="frames"):
+        check_config(tiny(synth, "frames=''"), "x.yaml")
+    with pytest.raises(FpsiamError, match="must be the detector's"):
+        check_config(tiny(synth, "detect.model.arch=resnet50"), "x.yaml")
+    with pytest.raises(FpsiamError, match="name=path"):
+        check_config(tiny(synth, "weights=[nonsense]"), "x.yaml")
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text("methods: [byol]\n")
+    assert main(["experiment", str(cfg), "-o", str(tmp_path / "o")]) == 2
+    assert "methods[0]" in capsys.readouterr().err
+
+
+def test_imagenet_arm_is_skipped_with_a_note_when_weights_are_offline(synth, tmp_path, monkeypatch):
+    from fpsiam import experiment as E
+
+    monkeypatch.setattr(E, "imagenet_weights", lambda cfg: (None, "ImageNet weights not available offline (test)"))
+    cfg = tiny(synth, "methods=[]", "inits=[imagenet]", "gradcam_images=0", "sample_images=0")
+    results = run_experiment(cfg, tmp_path)
+    assert results["runs"] == [
+        {"arm": "imagenet", "detector": "retinanet", "seed": 0, "status": "skipped",
+         "reason": "ImageNet weights not available offline (test)"}
+    ]  # fmt: skip
+
+
+def test_the_demo_config_runs_scaled_down(synth, tmp_path):
+    cfg = demo_config(synth, quick=True, overrides=[s for s in TINY if not s.startswith(("name", "inits"))])
+    assert cfg.methods == ["fpsiam", "simsiam"] and cfg.detectors == ["retinanet"]
+    exp = Experiment(cfg, tmp_path, env=DistEnv())
+    results = exp.run()
+    assert {r["status"] for r in results["runs"]} == {"done"}
+    assert (tmp_path / "report.html").is_file()
