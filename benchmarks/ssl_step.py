@@ -102,13 +102,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     configs = [("resnet18", 128)] if args.quick else [("resnet18", 128), ("resnet50", 224)]
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}, batch {args.batch}, {args.warmup} warm-up + {args.rounds} alternated steps")
-    print("| backbone | size | FPSiam s/step | SimSiam s/step | FPSiam/SimSiam | lightly SimSiam s/step | ours/lightly |")
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{cpu_model()}, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, batch {args.batch}, "
+          f"{args.warmup} warm-up + {args.rounds} alternated steps")
+    print("| backbone | size | FPSiam s/step | SimSiam s/step | FPSiam/SimSiam "
+          "| lightly SimSiam s/step | ours/lightly |")
     print("|---|---|---|---|---|---|---|")
     for arch, size in configs:
         torch.manual_seed(0)

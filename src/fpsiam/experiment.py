@@ -161,7 +161,6 @@ class Experiment:
 
     # ------------------------------------------------------------------ fine-tuning + test evaluation
     def finetune(self, arm: str, backbone: str, weights_file: str | None, detector: str, seed: int) -> dict[str, Any]:
-        from fpsiam.detect.engine import evaluate_file
         from fpsiam.detect.train import train_detector
 
         run = self.out / "detect" / arm / detector / f"seed{seed}"
@@ -188,8 +187,7 @@ class Experiment:
                 self.log(f"[{arm} {detector} seed {seed}] -> {run}")
                 train_detector(cfg, run, resume=True, env=self.env)
             if self.env.is_main and not (run / "test_metrics.json").is_file():
-                evaluate_file(run / "last.safetensors", self.cfg.test, self.cfg.images, run / "test_metrics.json",
-                              batch_size=self.cfg.detect.train.batch_size, device=str(self.env.device))  # fmt: skip
+                self.test_metrics(run)
             D.barrier(self.env)
         except Exception as e:  # noqa: BLE001 - a failed arm is reported, the others go on
             entry.update(status="failed", reason=_reason(e))
@@ -215,6 +213,24 @@ class Experiment:
             train_seconds=None,
         )  # fmt: skip
         return entry
+
+    def test_metrics(self, run: Path) -> None:
+        """Evaluate the last model on the test set; when val is the test set, reuse its final val predictions."""
+        from fpsiam.data.coco import CocoDetection
+        from fpsiam.detect.engine import evaluate_file, metrics_report
+        from fpsiam.detect.models import read_detector_meta
+        from fpsiam.detect.train import VAL_PREDICTIONS
+
+        out = run / "test_metrics.json"
+        if self.cfg.val in (None, self.cfg.test) and (run / VAL_PREDICTIONS).is_file():
+            last = _read_json(run / "results.json")["last"]
+            speed = {k: last.get(k) for k in ("images", "model_images_per_s", "predict_images_per_s")}
+            gt = CocoDetection(self.cfg.test, self.cfg.images, keep_negatives=True).coco
+            meta = read_detector_meta(run / "last.safetensors")
+            metrics_report(gt, _read_json(run / VAL_PREDICTIONS), meta, self.cfg.test, speed, out)
+        else:
+            evaluate_file(run / "last.safetensors", self.cfg.test, self.cfg.images, out,
+                          batch_size=self.cfg.detect.train.batch_size, device=str(self.env.device))  # fmt: skip
 
     # ------------------------------------------------------------------ pictures
     def samples(self, entry: dict[str, Any], n: int) -> list[dict[str, str]]:

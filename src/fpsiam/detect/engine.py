@@ -152,15 +152,29 @@ def evaluate_file(
         raise FpsiamError(f"{ann}: no images to evaluate; pass a COCO json with images")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn)
     results, speed = predict(model, loader, dev)
+    speed = {**speed, "device": str(dev), "batch_size": batch_size}
+    return metrics_report(dataset.coco, results, meta, str(ann), speed, output, fixed_threshold)
+
+
+def metrics_report(
+    gt: dict[str, Any],
+    results: list[dict[str, Any]],
+    meta: dict[str, Any],
+    ann: str,
+    speed: dict[str, Any],
+    output: str | Path | None = None,
+    fixed_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """COCO + clinical metrics of COCO ``results`` against ``gt``; written to ``output`` (+ predictions)."""
     metrics = {
         "model": {k: meta.get(k) for k in ("kind", "arch", "min_size", "max_size", "epoch")},
-        "ann": str(ann),
-        "coco": coco_metrics(dataset.coco, results),
-        "clinical": clinical_metrics(dataset.coco, results, fixed_threshold=fixed_threshold),
-        "speed": {**speed, "device": str(dev), "batch_size": batch_size},
+        "ann": ann,
+        "coco": coco_metrics(gt, results),
+        "clinical": clinical_metrics(gt, results, fixed_threshold=fixed_threshold),
+        "speed": speed,
     }
     if output is not None:
         output = Path(output)
-        write_json(output, metrics)
         write_results(output.with_name(output.stem + ".predictions.json"), results)
+        write_json(output, metrics)
     return metrics

@@ -574,8 +574,7 @@ def _check_state_dict(path: Path, spec: DetectorSpec, expected: dict[str, Tensor
     if shapes:
         k = shapes[0]
         parts.append(
-            f"{len(shapes)} of another shape (e.g. {k}: file {tuple(found[k].shape)}, "
-            f"model {tuple(expected[k].shape)})"
+            f"{len(shapes)} of another shape (e.g. {k}: file {tuple(found[k].shape)}, model {tuple(expected[k].shape)})"
         )
     raise FpsiamError(
         f"{path}: its tensors do not fit a {spec.kind} {spec.arch} detector as its metadata says: "

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from fpsiam.config import DetectConfig, save_config, to_dict
 from fpsiam.data.coco import CocoDetection, collate_fn, detection_transforms
 from fpsiam.detect.engine import predict, step_lr, train_one_epoch
-from fpsiam.detect.evaluate import coco_metrics
+from fpsiam.detect.evaluate import coco_metrics, write_results
 from fpsiam.detect.models import build_detector, save_detector
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import write_json
@@ -42,6 +42,7 @@ from fpsiam.train.metrics import MetricsLog
 from fpsiam.train.sampling import ResumableSampler, SeededSamples
 
 CHECKPOINT_FORMAT = "fpsiam-detect-v1"
+VAL_PREDICTIONS = "val_predictions.json"  # COCO results of the last model on the val set
 
 
 @dataclasses.dataclass
@@ -78,9 +79,11 @@ def _loader(dataset, batch_size: int, sampler=None, workers: int = 0, generator=
     )  # fmt: skip
 
 
-def evaluate_on(model, dataset, batch_size: int, device, dtype, workers: int) -> dict[str, Any]:
-    """COCO metrics (+ speed) of ``model`` on a CocoDetection dataset."""
+def evaluate_on(model, dataset, batch_size: int, device, dtype, workers: int, save_to: Path | None = None):
+    """COCO metrics (+ speed) of ``model`` on a CocoDetection dataset; optionally keep the COCO results."""
     results, speed = predict(model, _loader(dataset, batch_size, workers=workers), device, dtype)
+    if save_to is not None:
+        write_results(save_to, results)
     return {**coco_metrics(dataset.coco, results), **speed}
 
 
@@ -208,7 +211,8 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
         row["train_images_per_s"] = done * global_batch / max(seconds, 1e-9)
         if epoch % t.eval_every == 0 or epoch == t.epochs:
             if env.is_main:
-                row.update(evaluate_on(core, val_set, t.batch_size, env.device, dtype, d.workers))
+                keep = run_dir / VAL_PREDICTIONS if epoch == t.epochs else None  # the final model's val results
+                row.update(evaluate_on(core, val_set, t.batch_size, env.device, dtype, d.workers, save_to=keep))
                 is_best = not any(h.get("mAP", -1) >= row["mAP"] for h in history)
                 if is_best:
                     save_detector(core, run_dir / "best.safetensors", {**model_meta(cfg), "epoch": epoch})

@@ -43,10 +43,8 @@ from fpsiam.train.checkpoint import (
 )
 from fpsiam.train.metrics import MetricsLog
 from fpsiam.train.sampling import ResumableSampler, SeededSamples
+from fpsiam.weights import PRETRAIN_FORMAT as CHECKPOINT_FORMAT
 from fpsiam.weights import init_backbone, save_backbone
-
-CHECKPOINT_FORMAT = "fpsiam-pretrain-v1"
-
 
 # ---------------------------------------------------------------------------------------- optimiser
 
