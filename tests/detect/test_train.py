@@ -116,9 +116,10 @@ def test_pretrained_backbone_file_loads_and_wrong_one_fails(synth, tmp_path, cap
     assert "loaded" in json.loads((tmp_path / "run" / "results.json").read_text())["init"]
     bad = tmp_path / "r50.safetensors"
     save_file({k: v.contiguous() for k, v in build_resnet("resnet50").state_dict().items()}, bad)
-    code = main(["detect", "train", str(Path(__file__).parents[2] / "configs" / "faster_rcnn_r18_fpn_cpu.yaml"),
-                 "--train", str(synth["train"]), "--val", str(synth["test"]), "--backbone", str(bad),
-                 "-o", str(tmp_path / "bad"), *[x for s in TINY for x in ("--set", s) if "backbone" not in s]])  # fmt: skip
+    preset = Path(__file__).parents[2] / "configs" / "faster_rcnn_r18_fpn_cpu.yaml"
+    sets = [x for s in TINY for x in ("--set", s) if "backbone" not in s]
+    code = main(["detect", "train", str(preset), "--train", str(synth["train"]), "--val", str(synth["test"]),
+                 "--backbone", str(bad), "-o", str(tmp_path / "bad"), *sets])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
     assert "r50.safetensors" in err and len(err.strip().splitlines()) == 1
