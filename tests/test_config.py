@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fpsiam.config import DetectConfig, PretrainConfig, load_config, save_config
+from fpsiam.config import DetectConfig, ExperimentConfig, PretrainConfig, load_config, save_config
 from fpsiam.errors import FpsiamError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -115,3 +115,10 @@ def test_saved_config_reloads_identically(tmp_path):
     again = load_config(PretrainConfig, tmp_path / "run" / "config.yaml")
     assert again == cfg
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["epochs"] == 5
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (CONFIGS / "experiments").glob("*.yaml")))
+def test_every_experiment_config_loads(preset):
+    cfg = load_config(ExperimentConfig, CONFIGS / "experiments" / preset)
+    assert cfg.train and cfg.test and len(cfg.seeds) >= 3
+    assert cfg.pretrain.model.backbone == cfg.detect.model.arch

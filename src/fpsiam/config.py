@@ -131,6 +131,8 @@ class DetectModel:
     min_size: int = 480  # images resized keeping aspect ratio to fit max_size x max_size
     max_size: int = 480
     box_loss: Literal["l1", "smooth_l1"] = "l1"  # l1: the reference's; smooth_l1: torchvision's default
+    test_proposals: int = 1000  # Faster R-CNN RPN proposals at test time (recipe: 1000; fewer = faster on CPU)
+    roi_samples: int = 512  # Faster R-CNN RoIs per image for the box head in training (recipe: 512)
 
 
 @dataclasses.dataclass

@@ -26,7 +26,8 @@ DEMO_SETTINGS = [
     "pretrain.data.size=64",
     "pretrain.data.workers=0",
     "pretrain.data.temporal_k=2",
-    "pretrain.train.epochs=6",
+    "pretrain.optim.lr=6.4",  # 0.4 at batch 16: the demo has ~60 steps to show the loss falling
+    "pretrain.train.epochs=15",
     "pretrain.train.batch_size=16",
     "pretrain.train.amp=none",
     "pretrain.train.log_every=2",
@@ -34,11 +35,14 @@ DEMO_SETTINGS = [
     "detect.model.arch=resnet18",
     "detect.model.min_size=128",
     "detect.model.max_size=128",
+    "detect.model.test_proposals=200",
+    "detect.model.roi_samples=128",
     "detect.data.workers=0",
     "detect.optim.lr=0.01",
     "detect.optim.warmup_iters=20",
-    "detect.optim.steps=[5]",
-    "detect.train.epochs=6",
+    "detect.optim.steps=[3]",
+    "detect.train.epochs=4",
+    "detect.train.eval_every=2",
     "detect.train.batch_size=4",
     "detect.train.amp=none",
     "detect.train.progress=false",
@@ -62,8 +66,8 @@ def demo_config(data: dict[str, Path], quick: bool = False, overrides: list[str]
     return load_config(ExperimentConfig, None, settings)
 
 
-def run_demo(out: str | Path, quick: bool = False, overrides: list[str] | None = None, videos: int = 8,
-             frames: int = 16) -> Path:  # fmt: skip
+def run_demo(out: str | Path, quick: bool = False, overrides: list[str] | None = None, videos: int = 6,
+             frames: int = 12) -> Path:  # fmt: skip
     """Generate the synthetic set (once) and run the demo experiment into ``out``; returns report.html."""
     from fpsiam.data.synthetic import SynthOptions, synth_split
     from fpsiam.experiment import run_experiment

@@ -354,8 +354,5 @@ class Experiment:
 def run_experiment(cfg: ExperimentConfig, out: str | Path, where: str = "config", command: str = "") -> dict[str, Any]:
     """Check the config, then run (or resume) every stage; returns the results dict (also results.json)."""
     check_config(cfg, where)
-    env = D.init_distributed(cfg.detect.train.device)
-    try:
+    with D.session(cfg.detect.train.device) as env:
         return Experiment(cfg, Path(out), env, command).run()
-    finally:
-        D.cleanup()

@@ -140,7 +140,7 @@ def load_state_file(path: str | Path) -> dict[str, Tensor]:
 
 
 def _strip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def to_detectron2_key(key: str) -> str:
@@ -229,16 +229,20 @@ def load_state_dict_checked(model: nn.Module, sd: dict[str, Tensor], where: str,
         )
     problems = []
     if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches (" + ", ".join(
-            f"{k}: file {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}" for k in mismatched[:3]
-        ) + (", ..." if len(mismatched) > 3 else "") + ")")
+        problems.append(
+            f"{len(mismatched)} shape mismatches ("
+            + ", ".join(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}" for k in mismatched[:3])
+            + (", ..." if len(mismatched) > 3 else "")
+            + ")"
+        )
     if strict and missing:
         problems.append(f"{len(missing)} missing keys ({_examples(missing)})")
     if strict and unexpected:
         problems.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
     if problems:
         raise FpsiamError(
-            f"{where}: does not fit the backbone: " + "; ".join(problems)
+            f"{where}: does not fit the backbone: "
+            + "; ".join(problems)
             + ". Are these weights of another architecture (model.backbone)?"
         )
     model.load_state_dict({k: sd[k] for k in matched}, strict=False)
@@ -393,8 +397,9 @@ def save_backbone(sd: dict[str, Tensor], out: str | Path, to: str = "torchvision
     return written
 
 
-def extract(ckpt: str | Path, out: str | Path, to: str = "torchvision", source: str = "fpsiam",
-            pth: bool = False) -> list[Path]:
+def extract(
+    ckpt: str | Path, out: str | Path, to: str = "torchvision", source: str = "fpsiam", pth: bool = False
+) -> list[Path]:
     """``fpsiam extract``: checkpoint -> backbone weights file(s), checked against torchvision first."""
     sd, arch = extract_backbone(ckpt, source)
     reference = getattr(torchvision.models, arch)(weights=None)

@@ -43,8 +43,9 @@ def synth(tmp_path_factory) -> dict[str, Path]:
 
 def cfg_for(synth, *extra: str, kind: str = "faster_rcnn") -> DetectConfig:
     return load_config(
-        DetectConfig, None, [*TINY, f"model.kind={kind}", f"data.train={synth['train']}", f"data.val={synth['test']}",
-                             *extra]  # fmt: skip
+        DetectConfig,
+        None,
+        [*TINY, f"model.kind={kind}", f"data.train={synth['train']}", f"data.val={synth['test']}", *extra],  # fmt: skip
     )
 
 
@@ -170,3 +171,35 @@ def test_real_data_smoke_on_kvasir(tmp_path):
                                            f"data.val={tmp_path / 'test.json'}", "train.epochs=1"])  # fmt: skip
     result = T.train_detector(cfg, tmp_path / "run")
     assert result.last["images"] == 3 and 0.0 <= result.last["mAP"] <= 1.0
+
+
+DDP_SCRIPT = """
+import sys, torch
+from fpsiam.config import DetectConfig, load_config
+from fpsiam.detect.train import train_detector
+from fpsiam.train import distributed as D
+env = D.init_distributed("cpu")
+result = train_detector(load_config(DetectConfig, None, sys.argv[3:]), sys.argv[1], env=env)
+torch.save({k: p.detach() for k, p in result.model.named_parameters()}, f"{sys.argv[2]}/rank{env.rank}.pt")
+D.cleanup()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_identical_detectors(synth, tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    args = [*TINY, "model.kind=retinanet", f"data.train={synth['train']}", f"data.val={synth['test']}",
+            "train.epochs=1", "train.batch_size=1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path / "run"), str(tmp_path), *args]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["last"]["epoch"] == 1 and results["history"][0]["global_step"] == 2

@@ -249,18 +249,22 @@ def make_scene(rng: np.random.Generator, width: int, height: int, n_polyps: int,
     cam = _pan(pan_amp, pan_period, pan_phase)
     polyps = []
     for track in range(1, n_polyps + 1):
-        t0 = rng.uniform(0, max(frames - 1, 0))
-        oy, ox = cam(t0)
-        sy = height / 2 + rng.uniform(-0.22, 0.22) * height
-        sx = width / 2 + rng.uniform(-0.22, 0.22) * width
+        radius = float(rng.uniform(0.07, 0.16) * min(width, height))
+        for _ in range(50):  # polyps of one video do not overlap: resample the place (world coordinates)
+            t0 = rng.uniform(0, max(frames - 1, 0))
+            oy, ox = cam(t0)
+            y = height / 2 + rng.uniform(-0.22, 0.22) * height + margin[0] + oy
+            x = width / 2 + rng.uniform(-0.22, 0.22) * width + margin[1] + ox
+            if all(math.hypot(x - p.x, y - p.y) > 1.5 * (radius + p.radius) for p in polyps):
+                break
         pale = rng.uniform(-1.0, 1.0)  # > 0: paler/pinker than the mucosa, < 0: redder
         tint = (1.04 + 0.03 * abs(pale), 1.0 + 0.12 * pale, 1.0 + 0.12 * pale)
         polyps.append(
             Polyp(
                 track_id=track,
-                x=float(sx + margin[1] + ox),
-                y=float(sy + margin[0] + oy),
-                radius=float(rng.uniform(0.07, 0.16) * min(width, height)),
+                x=float(x),
+                y=float(y),
+                radius=radius,
                 aspect=float(rng.uniform(0.7, 1.0)),
                 angle=float(rng.uniform(0, np.pi)),
                 tint=tuple(float(c) for c in tint),

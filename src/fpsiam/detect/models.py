@@ -137,6 +137,8 @@ class DetectorSpec:
     max_size: int = 480
     num_classes: int = 2
     box_loss: str = "l1"
+    test_proposals: int = 1000  # Faster R-CNN: RPN proposals kept before/after NMS at test time (recipe: 1000)
+    roi_samples: int = 512  # Faster R-CNN: RoIs sampled per image for the box head in training (recipe: 512)
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -147,6 +149,8 @@ class DetectorSpec:
             raise FpsiamError(f"box_loss '{self.box_loss}': expected 'l1' or 'smooth_l1'")
         if self.num_classes < 2:
             raise FpsiamError(f"num_classes={self.num_classes}: need at least 2 (background + polyp)")
+        if self.test_proposals < 1 or self.roi_samples < 1:
+            raise FpsiamError(f"test_proposals={self.test_proposals}, roi_samples={self.roi_samples}: need >= 1")
         if self.min_size < 32 or self.max_size < self.min_size:
             raise FpsiamError(f"min_size={self.min_size}, max_size={self.max_size}: need 32 <= min_size <= max_size")
 
@@ -315,8 +319,11 @@ def _faster_rcnn(backbone: ResNetFPN, spec: DetectorSpec) -> FasterRCNN:
     # as the L1 subclasses when asked; the modules inside are the ones just built.
     rpn_cls = L1RegionProposalNetwork if spec.box_loss == "l1" else RegionProposalNetwork
     model.rpn = rpn_cls(anchors, rpn_head, **copy.deepcopy(RPN_SETTINGS))  # the model owns its dicts
+    model.rpn._pre_nms_top_n["testing"] = model.rpn._post_nms_top_n["testing"] = spec.test_proposals
     roi_cls = L1RoIHeads if spec.box_loss == "l1" else RoIHeads
-    model.roi_heads = roi_cls(roi_pool, box_head, predictor, **ROI_SETTINGS)
+    model.roi_heads = roi_cls(
+        roi_pool, box_head, predictor, **{**ROI_SETTINGS, "batch_size_per_image": spec.roi_samples}
+    )
     return model
 
 
@@ -342,6 +349,8 @@ def build_detector(
     max_size: int = 480,
     num_classes: int = 2,
     box_loss: BoxLoss = "l1",
+    test_proposals: int = 1000,
+    roi_samples: int = 512,
 ) -> nn.Module:
     """Build a torchvision FasterRCNN or RetinaNet with the recipe of DESIGN §2.
 
@@ -353,7 +362,7 @@ def build_detector(
     The returned model carries ``model.fpsiam_spec`` (:class:`DetectorSpec`) and ``model.init_message``
     (what was loaded into the backbone, in words) for :func:`describe` and :func:`save_detector`.
     """
-    spec = DetectorSpec(kind, arch, min_size, max_size, num_classes, box_loss)
+    spec = DetectorSpec(kind, arch, min_size, max_size, num_classes, box_loss, test_proposals, roi_samples)
     spec.check()
     net = build_resnet(arch)
     message = init_resnet(net, arch, init, weights_file)
@@ -544,7 +553,8 @@ def load_detector(
             raise FpsiamError(f"{path}: a {info.get(key)} model file, but {want} was requested; pass a {want} model")
     fields = {f.name for f in dataclasses.fields(DetectorSpec)}
     try:
-        spec = DetectorSpec(**{k: info[k] for k in fields})
+        optional = {"test_proposals", "roi_samples"}  # added later: older model files lack them
+        spec = DetectorSpec(**{k: info[k] for k in fields if k in info or k not in optional})
     except KeyError as e:
         raise FpsiamError(f"{path}: detector metadata lacks {e}; the file is damaged") from None
     try:
@@ -552,7 +562,7 @@ def load_detector(
     except FpsiamError as e:
         raise FpsiamError(f"{path}: {e}") from None
     model = build_detector(spec.kind, spec.arch, "random", None, spec.min_size, spec.max_size, spec.num_classes,
-                           spec.box_loss)  # fmt: skip
+                           spec.box_loss, spec.test_proposals, spec.roi_samples)  # fmt: skip
     state = load_file(str(path))
     _check_state_dict(path, spec, model.state_dict(), state)
     model.load_state_dict(state, strict=True)

@@ -62,14 +62,8 @@ def model_meta(cfg: DetectConfig) -> dict[str, Any]:
 
 def train_detector(cfg: DetectConfig, run_dir: str | Path, resume: bool = False, env: D.DistEnv | None = None):
     """Train (or resume) one detector into ``run_dir``; returns best/last val metrics and model paths."""
-    run_dir = Path(run_dir)
-    own_env = env is None
-    env = env or D.init_distributed(cfg.train.device)
-    try:
-        return _train(cfg, run_dir, resume, env)
-    finally:
-        if own_env:
-            D.cleanup()
+    with D.session(cfg.train.device, env) as env:
+        return _train(cfg, Path(run_dir), resume, env)
 
 
 def _loader(dataset, batch_size: int, sampler=None, workers: int = 0, generator=None, pin: bool = False) -> DataLoader:
@@ -111,6 +105,8 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
     model = build_detector(
         cfg.model.kind, cfg.model.arch, init=cfg.model.backbone, weights_file=cfg.model.weights_file,
         min_size=cfg.model.min_size, max_size=cfg.model.max_size, box_loss=cfg.model.box_loss,
+        test_proposals=cfg.model.test_proposals,
+        roi_samples=cfg.model.roi_samples,
     )  # fmt: skip
     init_msg = getattr(model, "init_message", "")
     base_lr = cfg.optim.lr * global_batch / 8

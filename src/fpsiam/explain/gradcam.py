@@ -145,9 +145,7 @@ def _as_float_image(image: ImageInput) -> Tensor:
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensors must be [3, H, W], got {tuple(image.shape)}")
-        return (
-            TF.to_dtype(image, torch.float32, scale=True) if not image.is_floating_point() else image.float()
-        )
+        return TF.to_dtype(image, torch.float32, scale=True) if not image.is_floating_point() else image.float()
     return TF.to_dtype(read_image_rgb(Path(image)), torch.float32, scale=True)
 
 
@@ -188,9 +186,7 @@ def _feature_norm(output: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def _cam(
-    cam_class: type[BaseCAM], model: nn.Module, layer: nn.Module, reshape_transform=None
-) -> Iterator[BaseCAM]:
+def _cam(cam_class: type[BaseCAM], model: nn.Module, layer: nn.Module, reshape_transform=None) -> Iterator[BaseCAM]:
     """A grad-cam object whose forward hooks are removed afterwards.
 
     (Not ``with cam_class(...)``: grad-cam's ``__exit__`` swallows IndexErrors.)
@@ -223,9 +219,7 @@ def _crop_padding(model: nn.Module, image: Tensor):
 def _resize_cam(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of an (h, w) map to ``shape``, clipped to 0..1."""
     if cam.shape != shape:
-        cam = F.interpolate(
-            torch.from_numpy(cam)[None, None], size=shape, mode="bilinear", align_corners=False
-        )[0, 0]
+        cam = F.interpolate(torch.from_numpy(cam)[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
         cam = cam.numpy()
     return np.clip(cam, 0.0, 1.0).astype(np.float32)
 
@@ -359,9 +353,7 @@ def _detector_cam(model: nn.Module, image: Tensor, threshold: float, method: str
     if len(predictions["boxes"]) == 0:
         note = f"no detections with score >= {threshold}: nothing to explain, the CAM is zero"
         return np.zeros(shape, dtype=np.float32), {**predictions, "method": method, "note": note}
-    target = FasterRCNNBoxScoreTarget(
-        torch.from_numpy(predictions["labels"]), torch.from_numpy(predictions["boxes"])
-    )
+    target = FasterRCNNBoxScoreTarget(torch.from_numpy(predictions["labels"]), torch.from_numpy(predictions["boxes"]))
     with _cam(GradCAM, model, layer, crop) as cam:
         grayscale = cam(x, targets=[target])[0]
     model.zero_grad(set_to_none=True)
@@ -426,9 +418,7 @@ def overlay(
         raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     if cam.shape != image.shape[:2]:
         raise ValueError(f"cam shape {cam.shape} differs from the image's {image.shape[:2]}")
-    heat = show_cam_on_image(
-        image.astype(np.float32) / 255.0, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True
-    )
+    heat = show_cam_on_image(image.astype(np.float32) / 255.0, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True)
     canvas = Image.fromarray(heat)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(image.shape[:2]) / 160))
@@ -439,9 +429,7 @@ def overlay(
     for box, score in zip(preds, score_list, strict=True):
         draw.rectangle([float(v) for v in box], outline=PRED_COLOUR, width=width)
         if score is not None:
-            draw.text(
-                (float(box[0]) + 2, max(0.0, float(box[1]) - 11)), f"{float(score):.2f}", fill=PRED_COLOUR
-            )
+            draw.text((float(box[0]) + 2, max(0.0, float(box[1]) - 11)), f"{float(score):.2f}", fill=PRED_COLOUR)
     if note:
         draw.text((3, 3), note, fill=(255, 255, 255))
     return np.asarray(canvas)
@@ -627,9 +615,7 @@ def evaluate_cams(
     per_frame = []
     for frame in frames:
         cam, _ = explainer.cams(_as_float_image(frame.path), score_threshold, size)
-        per_frame.append(
-            {"image_id": frame.image_id, "file": str(frame.path), **cam_box_energy(cam, frame.true_boxes)}
-        )
+        per_frame.append({"image_id": frame.image_id, "file": str(frame.path), **cam_box_energy(cam, frame.true_boxes)})
     return {
         **summarise_energy(per_frame),
         "method": explainer.method,
@@ -709,9 +695,7 @@ def gradcam_command(
     if records:
         summary["energy"] = summarise_energy(records)
         energy_path = out_dir / ENERGY_FILE
-        write_json(
-            energy_path, {**{k: v for k, v in summary.items() if k != "overlays"}, "per_frame": records}
-        )
+        write_json(energy_path, {**{k: v for k, v in summary.items() if k != "overlays"}, "per_frame": records})
         summary["energy_file"] = str(energy_path)
     return summary
 

@@ -365,11 +365,7 @@ def _clinical_table(results: dict[str, Any]) -> str:
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in _runs(results):
         clinical = run.get("clinical")
-        if (
-            run.get("status") == "done"
-            and isinstance(clinical, dict)
-            and isinstance(clinical.get("at_best_f1"), dict)
-        ):
+        if run.get("status") == "done" and isinstance(clinical, dict) and isinstance(clinical.get("at_best_f1"), dict):
             by[(str(run.get("arm")), str(run.get("detector")))].append(clinical["at_best_f1"])
     if not by:
         return ""
@@ -389,9 +385,7 @@ def _clinical_table(results: dict[str, Any]) -> str:
                 key, _, kind = column
                 source = [b.get("per_polyp") if column in POLYP_COLUMNS else b for b in blocks]
                 values = [number(s.get(key)) for s in source if isinstance(s, dict)]
-                tds.append(
-                    f'<td class="num">{esc(_agg_text([v for v in values if v is not None], kind))}</td>'
-                )
+                tds.append(f'<td class="num">{esc(_agg_text([v for v in values if v is not None], kind))}</td>')
             body.append("<tr>" + "".join(tds) + "</tr>")
     note = (
         "Per frame at each run's F1-best score threshold (IoU ≥ 0.5), mean ± std over the finished seeds. "
@@ -479,9 +473,7 @@ def _samples_section(results: dict[str, Any], base_dir: Path) -> str:
             grid_rows.append((head, cells))
         if not grid_rows:
             continue
-        html_rows = "".join(
-            head + "".join(cells) + "<div></div>" * (width - len(cells)) for head, cells in grid_rows
-        )
+        html_rows = "".join(head + "".join(cells) + "<div></div>" * (width - len(cells)) for head, cells in grid_rows)
         style = f"grid-template-columns: 8em repeat({width}, minmax(0, {GRID_CELL}));"
         out.append(f'<h3>{esc(det)}</h3><div class="grid" style="{style}">{html_rows}</div>')
     if not out:
@@ -521,17 +513,13 @@ def _gradcam_section(results: dict[str, Any], base_dir: Path) -> str:
         caption="Share of the CAM inside the true boxes; the dashed tick is chance (the boxes' share of the "
         "image area).",
     )
-    images = {
-        a: gradcam[a].get("images") if isinstance(gradcam[a].get("images"), list) else [] for a in order
-    }
+    images = {a: gradcam[a].get("images") if isinstance(gradcam[a].get("images"), list) else [] for a in order}
     depth = max((len(v) for v in images.values()), default=0)
     grid = ""
     if depth:
         heads = "".join(f'<div class="head">{esc(a)}</div>' for a in order)
         cells = "".join(
-            _file_img(base_dir, images[a][k], f"Grad-CAM {a} frame {k}")
-            if k < len(images[a])
-            else "<div></div>"
+            _file_img(base_dir, images[a][k], f"Grad-CAM {a} frame {k}") if k < len(images[a]) else "<div></div>"
             for k in range(depth)
             for a in order
         )

@@ -218,10 +218,7 @@ def val_map_plot(results: dict[str, Any]) -> bytes | None:
 def _pr_points(pr: Any) -> tuple[list[float], list[float]]:
     if not isinstance(pr, dict):
         return [], []
-    pairs = [
-        (number(r), number(p))
-        for r, p in zip(pr.get("recall") or [], pr.get("precision") or [], strict=False)
-    ]
+    pairs = [(number(r), number(p)) for r, p in zip(pr.get("recall") or [], pr.get("precision") or [], strict=False)]
     pairs = [(r, p) for r, p in pairs if r is not None and p is not None]
     return [r for r, _ in pairs], [p for _, p in pairs]
 

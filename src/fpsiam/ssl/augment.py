@@ -39,16 +39,19 @@ def view_transform(
     std: Sequence[float] = LDPOLYPVIDEO_STD,
 ) -> v2.Compose:
     """One view: uint8 [3, H, W] -> normalised float32 [3, size, size] (DESIGN §1 augmentations)."""
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=v2.InterpolationMode.BILINEAR,
-                             antialias=True),
-        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                size, scale=(min_scale, 1.0), interpolation=v2.InterpolationMode.BILINEAR, antialias=True
+            ),
+            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
 
 
 class FrameSourceLike(Protocol):

@@ -114,8 +114,9 @@ class Pyramid(nn.Module):
                 cols = cols @ _nearest_map(cols.shape[1], x.shape[-1], x)
             p2_sums = p2_sums + _lateral_tap_sums(conv, x, rows, cols)
         h5, w5 = feats[-1].shape[-2:]
-        p5_sums = _lateral_tap_sums(self.lateral[-1], feats[-1], _tap_weights(h5, feats[-1]),
-                                    _tap_weights(w5, feats[-1]))
+        p5_sums = _lateral_tap_sums(
+            self.lateral[-1], feats[-1], _tap_weights(h5, feats[-1]), _tap_weights(w5, feats[-1])
+        )
         return _mean_of_conv3x3(self.local_out, p2_sums, h * w), _mean_of_conv3x3(self.global_out, p5_sums, h5 * w5)
 
 

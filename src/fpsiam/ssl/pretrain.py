@@ -107,14 +107,8 @@ def pretrain(
     cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, env: D.DistEnv | None = None
 ) -> PretrainResult:
     """Run (or resume) one pretraining run into ``run_dir``; returns the final checkpoint and backbone."""
-    run_dir = Path(run_dir)
-    own_env = env is None
-    env = env or D.init_distributed(cfg.train.device)
-    try:
-        return _pretrain(cfg, run_dir, resume, env)
-    finally:
-        if own_env:
-            D.cleanup()
+    with D.session(cfg.train.device, env) as env:
+        return _pretrain(cfg, Path(run_dir), resume, env)
 
 
 def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> PretrainResult:

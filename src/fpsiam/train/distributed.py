@@ -7,9 +7,11 @@ Backend: NCCL on CUDA, gloo on CPU (so the distributed path is testable on a lap
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -50,6 +52,19 @@ def init_distributed(device: str = "auto") -> DistEnv:
             **({"device_id": dev} if use_cuda else {}),
         )
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+@contextlib.contextmanager
+def session(device: str = "auto", env: DistEnv | None = None) -> Iterator[DistEnv]:
+    """The given ``env``, or a new one from torchrun's environment that is torn down on exit."""
+    if env is not None:
+        yield env
+        return
+    env = init_distributed(device)
+    try:
+        yield env
+    finally:
+        cleanup()
 
 
 def cleanup() -> None:
