@@ -12,7 +12,7 @@ mkdir -p "$OUT/data"
 "$FPSIAM" data split "$OUT/data/all.json" --by list --list train="$FPSIAM_KVASIR/train.txt" \
     --list test="$FPSIAM_KVASIR/test.txt" -o "$OUT/data"
 SETS=(--set model.arch=resnet18 --set model.backbone=random --set model.min_size=224 --set model.max_size=224
-      --set model.test_proposals=300 --set optim.lr=0.01 --set optim.warmup_iters=100 --set 'optim.steps=[5]'
+      --set model.test_proposals=300 --set model.roi_samples=128 --set optim.lr=0.01 --set optim.warmup_iters=100 --set 'optim.steps=[5]'
       --set train.epochs=6 --set train.batch_size=4 --set train.amp=none --set train.progress=false)
 for kind in retinanet faster_rcnn; do
   start=$(date +%s)

@@ -97,6 +97,9 @@ def test_results_json_and_a_self_contained_report(straight):
         assert p["status"] == "done" and p["curve"][-1]["global_step"] == 2
         assert (out / p["backbone"]).is_file()
     assert "collapse_local" in results["pretrain"]["fpsiam"]["curve"][-1]
+    # the backbone written by pretraining loads into the detector with every backbone tensor matched
+    inits = {r["arm"]: r["init"] for r in results["runs"]}
+    assert "loaded 120/120 tensors" in inits["fpsiam"] and "loaded 120/120 tensors" in inits["simsiam"]
     html = (out / "report.html").read_text()
     assert "<table" in html and "fpsiam" in html and "simsiam" in html and "random" in html
     assert "http://" not in html and "https://" not in html and 'src="data:image/png;base64,' in html

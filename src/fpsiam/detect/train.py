@@ -174,7 +174,7 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
         live["bar"].update(1)
         live["bar"].set_postfix(loss=f"{values['loss']:.3f}")
         if iteration % t.log_every == 0:
-            metrics.log({"epoch": epoch, "global_step": iteration, **values})
+            metrics.log({"epoch": epoch + 1, "global_step": iteration, **values})  # 1-based
 
     while epoch < t.epochs:
         sampler.set_epoch(epoch)
