@@ -188,13 +188,14 @@ class Experiment:
                 train_detector(cfg, run, resume=True, env=self.env)
             if self.env.is_main and not (run / "test_metrics.json").is_file():
                 self.test_metrics(run)
-            D.barrier(self.env)
         except Exception as e:  # noqa: BLE001 - a failed arm is reported, the others go on
             entry.update(status="failed", reason=_reason(e))
             self.log(f"[{arm} {detector} seed {seed}] FAILED: {entry['reason']}")
             if not isinstance(e, FpsiamError):
                 traceback.print_exc(file=sys.stderr)
             return entry
+        finally:
+            D.barrier(self.env)  # every rank, also when rank 0 failed in the test evaluation
         results = _read_json(run / "results.json")
         test = _read_json(run / "test_metrics.json")
         history = [
@@ -210,7 +211,6 @@ class Experiment:
         entry.update(
             status="done", reason=None, metrics=metrics, metrics_source=source, clinical=test["clinical"],
             history=history, speed=test["speed"], best_val=results["best"], init=results.get("init"),
-            train_seconds=None,
         )  # fmt: skip
         return entry
 
