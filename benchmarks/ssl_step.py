@@ -80,7 +80,7 @@ def alternate(steps: dict[str, Callable[[], None]], warmup: int, rounds: int) ->
             steps[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
@@ -113,10 +113,13 @@ def main() -> None:
         where = torch.cuda.get_device_name(device)
     else:
         where = f"{cpu_model()}, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}, batch {args.batch}, "
-          f"{args.warmup} warm-up + {args.rounds} alternated steps")
-    print("| backbone | size | FPSiam s/step | SimSiam s/step | FPSiam/SimSiam "
-          "| lightly SimSiam s/step | ours/lightly |")
+    print(
+        f"torch {torch.__version__}, {where}, batch {args.batch}, "
+        f"{args.warmup} warm-up + {args.rounds} alternated steps"
+    )
+    print(
+        "| backbone | size | FPSiam s/step | SimSiam s/step | FPSiam/SimSiam | lightly SimSiam s/step | ours/lightly |"
+    )
     print("|---|---|---|---|---|---|---|")
     for arch, size in configs:
         torch.manual_seed(0)
@@ -128,10 +131,16 @@ def main() -> None:
             models["lightly"] = theirs
         steps = {name: make_step(m.to(device), x1, x2) for name, m in models.items()}
         t = alternate(steps, args.warmup, args.rounds)
-        lightly_cols = (f"{t['lightly']:.3f} | {t['simsiam'] / t['lightly']:.3f}" if "lightly" in t
-                        else "(lightly not installed) | -")
-        print(f"| {arch} | {size} | {t['fpsiam']:.3f} | {t['simsiam']:.3f} | {t['fpsiam'] / t['simsiam']:.3f} | "
-              f"{lightly_cols} |", flush=True)
+        lightly_cols = (
+            f"{t['lightly']:.3f} | {t['simsiam'] / t['lightly']:.3f}"
+            if "lightly" in t
+            else "(lightly not installed) | -"
+        )
+        print(
+            f"| {arch} | {size} | {t['fpsiam']:.3f} | {t['simsiam']:.3f} | {t['fpsiam'] / t['simsiam']:.3f} | "
+            f"{lightly_cols} |",
+            flush=True,
+        )
     if lightly_simsiam("resnet18") is None:
         print("lightly is not installed: `.venv/bin/pip install lightly` to compare with its SimSiam")
 

@@ -80,8 +80,10 @@ def test_pickled_objects_fail_with_weights_only(tmp_path, r18_sd):
 # ---------------------------------------------------------------------------------------------- layouts
 
 
-@pytest.mark.parametrize("prefix", ["module.", "backbone.", "module.encoder.", "encoder_q.", "backbone.body.",
-                                    "_orig_mod.model.", BACKBONE_PREFIX])
+@pytest.mark.parametrize(
+    "prefix",
+    ["module.", "backbone.", "module.encoder.", "encoder_q.", "backbone.body.", "_orig_mod.model.", BACKBONE_PREFIX],
+)
 def test_to_torchvision_keys_prefixes(prefix, r18_sd):
     wrapped = {prefix + k: v for k, v in r18_sd.items()}
     wrapped["neck.fc0.weight" if "backbone" in prefix else prefix + "fc.0.weight"] = torch.zeros(1)
@@ -92,13 +94,20 @@ def test_to_torchvision_keys_prefixes(prefix, r18_sd):
 def test_detectron2_key_names_and_round_trip(r18_sd):
     d2 = {to_detectron2_key(k): v for k, v in r18_sd.items() if not k.startswith("fc.")}
     assert len(d2) == len(r18_sd) - 2
-    for name in ("res2.0.conv1.weight", "stem.conv1.weight", "stem.conv1.norm.weight", "res3.0.shortcut.weight",
-                 "res3.0.shortcut.norm.running_var", "res5.1.conv2.norm.bias"):
+    for name in (
+        "res2.0.conv1.weight",
+        "stem.conv1.weight",
+        "stem.conv1.norm.weight",
+        "res3.0.shortcut.weight",
+        "res3.0.shortcut.norm.running_var",
+        "res5.1.conv2.norm.bias",
+    ):
         assert name in d2
     assert not any(k.startswith(("layer", "bn", "conv1.")) for k in d2)
     assert {from_detectron2_key(k) for k in d2} == {k for k in r18_sd if not k.startswith("fc.")}
     assert set(to_torchvision_keys({"backbone.bottom_up." + k: v for k, v in d2.items()})) == set(
-        k for k in r18_sd if not k.startswith("fc."))
+        k for k in r18_sd if not k.startswith("fc.")
+    )
 
 
 def test_infer_arch(r18_sd):
@@ -179,8 +188,17 @@ def fpsiam_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     model = FPSiam("resnet18", pyramid_channels=16, proj_dim=32, pred_dim=8)
     path = tmp_path_factory.mktemp("run") / "ckpt_00000010.pt"
-    torch.save({"format": PRETRAIN_FORMAT, "method": "fpsiam", "arch": "resnet18", "model": model.state_dict(),
-                "epoch": 1, "config": {"model": {"backbone": "resnet18"}}}, path)
+    torch.save(
+        {
+            "format": PRETRAIN_FORMAT,
+            "method": "fpsiam",
+            "arch": "resnet18",
+            "model": model.state_dict(),
+            "epoch": 1,
+            "config": {"model": {"backbone": "resnet18"}},
+        },
+        path,
+    )
     return path, model
 
 
@@ -231,8 +249,10 @@ def test_extract_mmselfsup_checkpoint(tmp_path, r18_sd):
 
 
 def test_extract_mmselfsup_with_pickled_meta_explains(tmp_path, r18_sd):
-    torch.save({"meta": argparse.Namespace(epoch=1), "state_dict": {"backbone." + k: v for k, v in r18_sd.items()}},
-               tmp_path / "epoch_1.pth")
+    torch.save(
+        {"meta": argparse.Namespace(epoch=1), "state_dict": {"backbone." + k: v for k, v in r18_sd.items()}},
+        tmp_path / "epoch_1.pth",
+    )
     with pytest.raises(FpsiamError, match="pickled Python objects.*weights_only=False"):
         extract_backbone(tmp_path / "epoch_1.pth", source="mmselfsup")
 
@@ -257,8 +277,13 @@ def test_save_detectron2_layout(tmp_path, r18_sd):
     assert obj["__author__"] == "fpsiam" and obj["matching_heuristics"] is True
     model = obj["model"]
     assert len(model) == sum(not k.endswith("num_batches_tracked") for k in sd)
-    assert {"res2.0.conv1.weight", "stem.conv1.weight", "stem.conv1.norm.weight", "res3.0.shortcut.weight",
-            "res3.0.shortcut.norm.running_mean"} <= set(model)
+    assert {
+        "res2.0.conv1.weight",
+        "stem.conv1.weight",
+        "stem.conv1.norm.weight",
+        "res3.0.shortcut.weight",
+        "res3.0.shortcut.norm.running_mean",
+    } <= set(model)
     assert (model["res2.0.conv1.weight"] == sd["layer1.0.conv1.weight"].numpy()).all()
 
 

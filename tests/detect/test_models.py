@@ -218,6 +218,7 @@ def test_faster_rcnn_l1_box_loss_is_torchvision_loss_with_l1(monkeypatch):
     smooth = ref(images, targets)
     torch.manual_seed(3)
     ours = l1(images, targets)
+
     def l1_instead(a, b, beta=1.0, reduction="mean"):
         return torch.nn.functional.l1_loss(a, b, reduction=reduction)
 

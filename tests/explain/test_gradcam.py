@@ -177,9 +177,7 @@ def test_faster_rcnn_gradcam_explains_its_detections(files, frcnn):
         assert cam.shape == shape and cam.min() >= 0 and cam.max() == pytest.approx(1, abs=1e-5)
         assert pred["method"] == "gradcam" and pred["note"] == ""
         assert pred["boxes"].shape == (len(pred["scores"]), 4) and len(pred["scores"]) > 0
-        assert (pred["boxes"][:, 2] <= shape[1] + 1e-3).all() and (
-            pred["boxes"][:, 3] <= shape[0] + 1e-3
-        ).all()
+        assert (pred["boxes"][:, 2] <= shape[1] + 1e-3).all() and (pred["boxes"][:, 3] <= shape[0] + 1e-3).all()
     assert frcnn.roi_heads.score_thresh == 0.05  # the lowered test threshold is restored
 
 

@@ -86,9 +86,7 @@ def make_results(tmp_path):
     runs.append(run("simsiam", "faster_rcnn", 0, (0.222, 0.47, 0.18)))
     runs.append(run("simsiam", "retinanet", 0, (0.228, math.nan, -1.0)))
     for det in ("faster_rcnn", "retinanet"):
-        runs.append(
-            run("imagenet", det, 0, (0, 0, 0), status="skipped", reason="<script>alert(1)</script> offline")
-        )
+        runs.append(run("imagenet", det, 0, (0, 0, 0), status="skipped", reason="<script>alert(1)</script> offline"))
     curve = [
         {
             "global_step": s,
@@ -101,9 +99,7 @@ def make_results(tmp_path):
         }
         for s in range(1, 9)
     ]
-    simsiam_curve = [
-        {"global_step": s, "epoch": s // 2, "loss": -0.4 - 0.05 * s, "collapse": 0.7} for s in range(1, 9)
-    ]
+    simsiam_curve = [{"global_step": s, "epoch": s // 2, "loss": -0.4 - 0.05 * s, "collapse": 0.7} for s in range(1, 9)]
     return {
         "title": "Kvasir CPU protocol",
         "created": "2025-01-02T03:04:05",

@@ -84,8 +84,10 @@ def test_pooled_equals_gap_of_maps_values_and_gradients(sizes):
     for m in pyramid.modules():  # non-zero biases, so their terms are checked too
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.normal_(m.bias)
-    feats = [torch.randn(2, c, s, s + 1, dtype=torch.float64, requires_grad=True)
-             for c, s in zip((8, 12, 16, 20), sizes, strict=True)]
+    feats = [
+        torch.randn(2, c, s, s + 1, dtype=torch.float64, requires_grad=True)
+        for c, s in zip((8, 12, 16, 20), sizes, strict=True)
+    ]
     local, global_ = pyramid(feats)
     ref = torch.cat([local.mean((2, 3)), global_.mean((2, 3))], 1)
     fast = torch.cat(pyramid.pooled(feats), 1)

@@ -81,8 +81,9 @@ def test_collapse_std():
 
 
 def test_build_method():
-    cfg = PretrainModel(method="fpsiam", backbone="resnet18", pyramid_channels=16, proj_dim=32, pred_dim=8,
-                        lam=0.3, loss_scale=3.0)
+    cfg = PretrainModel(
+        method="fpsiam", backbone="resnet18", pyramid_channels=16, proj_dim=32, pred_dim=8, lam=0.3, loss_scale=3.0
+    )
     model = build_method(cfg)
     assert isinstance(model, FPSiam) and model.lam == 0.3 and model.loss_scale == 3.0
     assert isinstance(build_method(dataclasses.replace(cfg, method="simsiam")), SimSiam)
