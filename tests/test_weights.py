@@ -167,7 +167,7 @@ def test_init_backbone_random_imagenet_offline_and_path(tmp_path, r18_sd):
     other = build_resnet("resnet18")
     assert "init from file" in init_backbone(other, "resnet18", str(tmp_path / "resnet18-f37072fd.pth"))
     assert _equal_backbones(other, r18_sd)
-    with pytest.raises(FpsiamError, match="model.init: 'nowhere.pth' is not"):
+    with pytest.raises(FpsiamError, match="backbone init 'nowhere.pth': not 'random'"):
         init_backbone(other, "resnet18", "nowhere.pth")
 
 

@@ -281,7 +281,9 @@ def init_backbone(model: nn.Module, arch: str, init: str, weights_file: str | No
         report = load_state_dict_checked(model, to_torchvision_keys(sd), weights.url)
         return f"{arch}: ImageNet init, {report}"
     if not Path(init).exists():
-        raise FpsiamError(f"model.init: '{init}' is not 'random', 'imagenet' or an existing weights file")
+        raise FpsiamError(
+            f"backbone init '{init}': not 'random', 'imagenet' or an existing weights file; check the path"
+        )
     return f"{arch}: init from file, {load_backbone(model, init)}"
 
 
