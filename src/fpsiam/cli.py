@@ -205,6 +205,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+def add_run_flags(p: argparse.ArgumentParser, default_dir: str, resume: bool = True) -> None:
+    """-o RUN_DIR, --set KEY=VALUE (repeatable) and, for training commands, --resume."""
+    p.add_argument("-o", "--output", help=f"run folder (default: {default_dir})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    if resume:
+        p.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fpsiam",
@@ -316,9 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML preset (see configs/)")
     p.add_argument("--data", help="frame source (overrides data.source)")
-    p.add_argument("-o", "--output", help="run folder (default: runs/pretrain/<config name>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
+    add_run_flags(p, "runs/pretrain/<config name>")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -354,9 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="validation COCO json (overrides data.val)")
     p.add_argument("--images", help="images root for both jsons")
     p.add_argument("--backbone", help="random | imagenet | WEIGHTS file from `fpsiam extract`")
-    p.add_argument("-o", "--output", help="run folder (default: runs/detect/<config name>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
+    add_run_flags(p, "runs/detect/<config name>")
     p.set_defaults(func=cmd_detect_train)
 
     p = dsub.add_parser("eval", help="COCO + clinical metrics of a saved detector",
@@ -401,8 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted ones. Writes OUT/results.json and OUT/report.html.",
     )
     p.add_argument("config", help="experiment YAML (see configs/experiments/)")
-    p.add_argument("-o", "--output", help="output folder (default: runs/experiments/<config name>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_run_flags(p, "runs/experiments/<config name>", resume=False)  # reruns always resume
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser(

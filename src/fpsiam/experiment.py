@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import platform
 import socket
@@ -214,9 +215,21 @@ class Experiment:
         )  # fmt: skip
         return entry
 
+    @functools.cached_property
+    def test_set(self):
+        """The test set, read once for every run's metrics and pictures (negative frames included)."""
+        from fpsiam.data.coco import CocoDetection
+
+        return CocoDetection(self.cfg.test, self.cfg.images, keep_negatives=True)
+
+    @functools.cached_property
+    def polyp_frames(self) -> list[int]:
+        """Indices of the test frames that have at least one box."""
+        with_boxes = {a["image_id"] for a in self.test_set.coco["annotations"]}
+        return [i for i, image_id in enumerate(self.test_set.image_ids) if image_id in with_boxes]
+
     def test_metrics(self, run: Path) -> None:
         """Evaluate the last model on the test set; when val is the test set, reuse its final val predictions."""
-        from fpsiam.data.coco import CocoDetection
         from fpsiam.detect.engine import evaluate_file, metrics_report
         from fpsiam.detect.models import read_detector_meta
         from fpsiam.detect.train import VAL_PREDICTIONS
@@ -225,7 +238,7 @@ class Experiment:
         if self.cfg.val in (None, self.cfg.test) and (run / VAL_PREDICTIONS).is_file():
             last = _read_json(run / "results.json")["last"]
             speed = {k: last.get(k) for k in ("images", "model_images_per_s", "predict_images_per_s")}
-            gt = CocoDetection(self.cfg.test, self.cfg.images, keep_negatives=True).coco
+            gt = self.test_set.coco
             meta = read_detector_meta(run / "last.safetensors")
             metrics_report(gt, _read_json(run / VAL_PREDICTIONS), meta, self.cfg.test, speed, out)
         else:
@@ -237,25 +250,25 @@ class Experiment:
         """Draw predicted (score >= 0.5, red) vs true (green) boxes on the first ``n`` test frames with polyps."""
         from PIL import Image, ImageDraw
 
-        from fpsiam.data.coco import CocoDetection
         from fpsiam.fileio import atomic_path
 
         run = self.out / entry["run_dir"]
-        preds = _read_json(run / "test_metrics.predictions.json")
-        ds = CocoDetection(self.cfg.test, self.cfg.images, keep_negatives=False)
+        shown: dict[int, list[dict[str, Any]]] = {}
+        for p in _read_json(run / "test_metrics.predictions.json"):
+            if p["score"] >= 0.5:
+                shown.setdefault(p["image_id"], []).append(p)
         out = []
-        for i in range(min(n, len(ds))):
-            image, target = ds[i]
+        for i in self.polyp_frames[:n]:
+            image, target = self.test_set[i]
             img = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
             draw = ImageDraw.Draw(img)
             for box in target["boxes"].tolist():
                 draw.rectangle(box, outline=(0, 255, 0), width=2)
             image_id = int(target["image_id"])
-            for p in preds:
-                if p["image_id"] == image_id and p["score"] >= 0.5:
-                    x, y, w, h = p["bbox"]
-                    draw.rectangle([x, y, x + w, y + h], outline=(255, 40, 40), width=2)
-                    draw.text((x + 2, y + 2), f"{p['score']:.2f}", fill=(255, 255, 0))
+            for p in shown.get(image_id, []):
+                x, y, w, h = p["bbox"]
+                draw.rectangle([x, y, x + w, y + h], outline=(255, 40, 40), width=2)
+                draw.text((x + 2, y + 2), f"{p['score']:.2f}", fill=(255, 255, 0))
             img.thumbnail((320, 320))
             path = run / "samples" / f"{image_id}.png"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -142,10 +142,9 @@ def evaluate_file(
 
     from fpsiam.data.coco import CocoDetection, collate_fn, detection_transforms
     from fpsiam.detect.models import load_detector
+    from fpsiam.train.distributed import wants_cuda
 
-    dev = torch.device(
-        "cuda" if (device == "auto" and torch.cuda.is_available()) else ("cpu" if device == "auto" else device)
-    )
+    dev = torch.device(device if device != "auto" else ("cuda" if wants_cuda() else "cpu"))
     model, meta = load_detector(model_path, device=dev)
     dataset = CocoDetection(ann, images, detection_transforms(False), keep_negatives=True)
     if len(dataset) == 0:

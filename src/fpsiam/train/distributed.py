@@ -34,12 +34,17 @@ class DistEnv:
         return self.rank == 0
 
 
+def wants_cuda(device: str = "auto") -> bool:
+    """``auto``: CUDA when available; otherwise whatever ``device`` names (``cpu``, ``cuda``, ``cuda:1``)."""
+    return torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Read torchrun's environment, pick the device and start the process group when world_size > 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    use_cuda = wants_cuda(device)
     if use_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
