@@ -104,6 +104,9 @@ def test_results_json_and_a_self_contained_report(straight):
     assert "<table" in html and "fpsiam" in html and "simsiam" in html and "random" in html
     assert "http://" not in html and "https://" not in html and 'src="data:image/png;base64,' in html
     assert (out / "config.yaml").is_file()
+    # finished stages keep their weights, not their resume checkpoints (the bulk of a study's disk use)
+    assert not list(out.rglob("checkpoints")) and not list(out.rglob("*.pt"))
+    assert all((out / r["run_dir"] / "last.safetensors").is_file() for r in results["runs"])
 
 
 def test_rerun_skips_finished_stages(straight, synth, capsys):
@@ -139,10 +142,12 @@ def test_killed_experiment_resumes_to_the_same_results(straight, synth, tmp_path
 def test_a_broken_arm_is_reported_and_the_others_complete(synth, tmp_path):
     wrong = tmp_path / "r50.safetensors"
     save_file({k: v.contiguous() for k, v in build_resnet("resnet50").state_dict().items()}, wrong)
-    cfg = tiny(synth, "methods=[]", f"weights=[wrong_arch={wrong}]", "gradcam_images=0", "sample_images=0")
+    cfg = tiny(synth, "methods=[]", f"weights=[wrong_arch={wrong}]", "gradcam_images=0", "sample_images=0",
+               "keep_checkpoints=true")  # fmt: skip
     results = run_experiment(cfg, tmp_path / "out")
     status = {r["arm"]: (r["status"], r["reason"]) for r in results["runs"]}
     assert status["random"] == ("done", None)
+    assert list((tmp_path / "out" / "detect" / "random" / "retinanet" / "seed0" / "checkpoints").glob("*.pt"))
     assert status["wrong_arch"][0] == "failed" and "r50.safetensors" in status["wrong_arch"][1]
     assert "failed" in (tmp_path / "out" / "report.html").read_text()
 

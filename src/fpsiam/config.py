@@ -205,6 +205,7 @@ class ExperimentConfig:
     average_last: int = 1  # report the mean of the last k per-epoch evaluations (when val is the test set)
     gradcam_images: int = 8  # test frames for the Grad-CAM comparison (0: skip)
     sample_images: int = 6  # test frames drawn with predicted vs true boxes (0: skip)
+    keep_checkpoints: bool = False  # keep finished stages' resume checkpoints (default: delete, keep the weights)
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     detect: DetectConfig = dataclasses.field(default_factory=DetectConfig)
 

@@ -17,6 +17,7 @@ import datetime
 import functools
 import json
 import platform
+import shutil
 import socket
 import statistics
 import sys
@@ -129,6 +130,18 @@ class Experiment:
         self.cfg, self.out, self.env, self.command = cfg, Path(out), env, command
         self.log = print if env.is_main else (lambda *a, **k: None)
 
+    def prune(self, run: Path) -> None:
+        """Delete a finished stage's resume checkpoints unless ``keep_checkpoints``: its weights files stay.
+
+        A finished stage is skipped on rerun, so its checkpoints are never read again; they are the bulk of a
+        study's disk use (an R18 RetinaNet checkpoint with SGD momentum is 160 MB; 36 stages x 2 kept = 11 GB).
+        """
+        if self.cfg.keep_checkpoints or not self.env.is_main:
+            return
+        folder = run / "checkpoints"
+        if folder.is_dir():
+            shutil.rmtree(folder)
+
     # ------------------------------------------------------------------ pretraining
     def pretrain(self, method: str) -> dict[str, Any]:
         from fpsiam.ssl.pretrain import pretrain
@@ -151,6 +164,7 @@ class Experiment:
                 if not isinstance(e, FpsiamError):
                     traceback.print_exc(file=sys.stderr)
                 return entry
+        self.prune(run)
         summary = _read_json(run / "summary.json")
         keys = ("global_step", "epoch", "loss", "loss_local", "loss_global", "collapse", "collapse_local",
                 "collapse_global")  # fmt: skip
@@ -189,6 +203,7 @@ class Experiment:
                 train_detector(cfg, run, resume=True, env=self.env)
             if self.env.is_main and not (run / "test_metrics.json").is_file():
                 self.test_metrics(run)
+            self.prune(run)
         except Exception as e:  # noqa: BLE001 - a failed arm is reported, the others go on
             entry.update(status="failed", reason=_reason(e))
             self.log(f"[{arm} {detector} seed {seed}] FAILED: {entry['reason']}")
@@ -317,15 +332,18 @@ class Experiment:
             name, path = item.split("=", 1)
             arms.append((name, path, None, None))
 
-        runs = []
-        for name, backbone, weights_file, skip in arms:
-            for detector in cfg.detectors:
-                for seed in cfg.seeds:
+        # Seed-major order: a study stopped early (or still running) has every arm at the seeds done so far.
+        by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for seed in cfg.seeds:
+            for name, backbone, weights_file, skip in arms:
+                for detector in cfg.detectors:
                     if skip:
                         status = "failed" if skip.startswith("pretraining failed") else "skipped"
-                        runs.append({"arm": name, "detector": detector, "seed": seed, "status": status, "reason": skip})
-                        continue
-                    runs.append(self.finetune(name, backbone, weights_file, detector, seed))
+                        entry = {"arm": name, "detector": detector, "seed": seed, "status": status, "reason": skip}
+                    else:
+                        entry = self.finetune(name, backbone, weights_file, detector, seed)
+                    by_key[name, detector, seed] = entry
+        runs = [by_key[a[0], d, s] for a in arms for d in cfg.detectors for s in cfg.seeds]
         gradcam: dict[str, Any] = {}
         if self.env.is_main:
             for entry in runs:
