@@ -104,6 +104,8 @@ def test_results_json_and_a_self_contained_report(straight):
     assert "<table" in html and "fpsiam" in html and "simsiam" in html and "random" in html
     assert "http://" not in html and "https://" not in html and 'src="data:image/png;base64,' in html
     assert (out / "config.yaml").is_file()
+    table = (out / "table.md").read_text()
+    assert "| fpsiam |" in table and "gap to random (paired)" in table
     # finished stages keep their weights, not their resume checkpoints (the bulk of a study's disk use)
     assert not list(out.rglob("checkpoints")) and not list(out.rglob("*.pt"))
     assert all((out / r["run_dir"] / "last.safetensors").is_file() for r in results["runs"])

@@ -194,6 +194,33 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from fpsiam.fileio import atomic_open
+    from fpsiam.report.html import write_report
+    from fpsiam.report.markdown import markdown_report
+
+    src = Path(args.results)
+    try:
+        results = json.loads(src.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FpsiamError(f"{src}: cannot read ({e.strerror}); give the results.json an experiment wrote") from None
+    except json.JSONDecodeError as e:
+        raise FpsiamError(f"{src}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
+        raise FpsiamError(f"{src}: not an experiment's results.json (no 'runs' list)")
+    html = Path(args.output) if args.output else src.with_name("report.html")
+    md = Path(args.markdown) if args.markdown else src.with_name("table.md")
+    text = markdown_report(results)
+    write_report(results, html)
+    with atomic_open(md, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+    print(f"report: {html}\ntable:  {md}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fpsiam.demo import run_demo
 
@@ -407,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML (see configs/experiments/)")
     add_run_flags(p, "runs/experiments/<config name>", resume=False)  # reruns always resume
     p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser(
+        "report",
+        help="rebuild report.html and the Markdown table (table.md) from an experiment's results.json",
+    )
+    p.add_argument("results", help="results.json written by fpsiam experiment / fpsiam demo")
+    p.add_argument("-o", "--output", help="report.html to write (default: beside results.json)")
+    p.add_argument("--markdown", help="Markdown table to write (default: table.md beside results.json)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "demo",

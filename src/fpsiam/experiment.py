@@ -29,7 +29,7 @@ import torch
 
 from fpsiam.config import ExperimentConfig, save_config, to_dict
 from fpsiam.errors import FpsiamError
-from fpsiam.fileio import write_json
+from fpsiam.fileio import atomic_open, write_json
 from fpsiam.train import distributed as D
 
 TABLE_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -375,9 +375,12 @@ class Experiment:
         }
         if self.env.is_main:
             from fpsiam.report.html import write_report
+            from fpsiam.report.markdown import markdown_report
 
             write_json(self.out / "results.json", results)
             write_report(results, self.out / "report.html")
+            with atomic_open(self.out / "table.md", "w", encoding="utf-8") as f:
+                f.write(markdown_report(results))
         D.barrier(self.env)
         return results
 

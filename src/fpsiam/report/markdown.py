@@ -1,0 +1,99 @@
+"""The comparison table as Markdown, for a README, a paper draft or an issue: ``OUT/table.md``.
+
+Two tables from the same ``results.json`` the HTML report reads (see ``fpsiam.report.html``):
+
+1. the paper's Table 3 layout: rows = arms, per detector mAP / AP50 / AP75 in %, mean ± sample std over
+   seeds, the best mean per column in bold (the same cells as the HTML, from ``summary_table``);
+2. every seed's value, so the seed-to-seed spread can be read next to the gaps between arms, with each
+   arm's gap to a baseline arm (``random`` when present) as mean ± std of the per-seed differences
+   (same fine-tuning seed = same detector init and data order, so the difference pairs them).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from fpsiam.report.html import TABLE_METRICS, _metric, _order, _pct, _runs, summary_table
+
+
+def _cell(c: dict[str, Any]) -> str:
+    text = _pct(c["mean"], c["std"])
+    return f"**{text}**" if c["best"] else text
+
+
+def main_table(results: dict[str, Any]) -> str:
+    rows = summary_table(results)
+    detectors = _order(results, "detectors", "detector")
+    head = "| method | " + " | ".join(f"{d} {m}" for d in detectors for m in TABLE_METRICS) + " | seeds |"
+    sep = "|---|" + "---:|" * (len(detectors) * len(TABLE_METRICS)) + "---|"
+    cell = {(r["arm"], r["detector"]): r for r in rows}
+    lines = [head, sep]
+    for arm in _order(results, "arms", "arm"):
+        cells, seeds = [], set()
+        for det in detectors:
+            row = cell[(arm, det)]
+            seeds.update(str(s) for s in row["seeds"])
+            if row["n"] == 0:
+                why = row["failures"][0]["status"] if row["failures"] else "not run"
+                cells += [why] + ["—"] * (len(TABLE_METRICS) - 1)
+            else:
+                cells += [_cell(row[k]) for k in TABLE_METRICS]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {', '.join(sorted(seeds)) or '—'} |")
+    return "\n".join(lines)
+
+
+def seed_table(results: dict[str, Any], metric: str = "mAP", baseline: str | None = "random") -> str:
+    """Per-seed ``metric`` (in %) per arm and detector, and the paired gap to ``baseline`` (mean ± std)."""
+    runs = [r for r in _runs(results) if r.get("status") == "done"]
+    seeds = sorted({r.get("seed") for r in runs}, key=str)
+    value = {(str(r["arm"]), str(r["detector"]), r.get("seed")): _metric(r, metric) for r in runs}
+    arms = _order(results, "arms", "arm")
+    if baseline not in arms:
+        baseline = None
+    gap_head = f" | gap to {baseline} (paired)" if baseline else ""
+    lines = [
+        f"| method | detector | {' | '.join(f'seed {s}' for s in seeds)} | mean ± std{gap_head} |",
+        "|---|---|" + "---:|" * (len(seeds) + 1 + bool(baseline)),
+    ]
+    for det in _order(results, "detectors", "detector"):
+        for arm in arms:
+            vals = [value.get((arm, det, s)) for s in seeds]
+            got = [v for v in vals if v is not None]
+            if not got:
+                continue
+            mean, std = statistics.mean(got), (statistics.stdev(got) if len(got) > 1 else None)
+            line = f"| {arm} | {det} | " + " | ".join(_pct(v) for v in vals) + f" | {_pct(mean, std)}"
+            if baseline:
+                diffs = [
+                    v - b
+                    for v, b in ((value.get((arm, det, s)), value.get((baseline, det, s))) for s in seeds)
+                    if v is not None and b is not None
+                ]
+                if arm == baseline or not diffs:
+                    line += " | —"
+                else:
+                    sd = statistics.stdev(diffs) if len(diffs) > 1 else None
+                    sign = "+" if statistics.mean(diffs) >= 0 else ""
+                    line += f" | {sign}{_pct(statistics.mean(diffs), sd)}"
+            lines.append(line + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """Both tables with the notes a reader needs (units, what the numbers are, where they came from)."""
+    sources = sorted({str(r["metrics_source"]) for r in _runs(results) if r.get("metrics_source")})
+    parts = [
+        f"<!-- {results.get('title', 'fpsiam experiment')}; written by fpsiam from results.json -->",
+        main_table(results),
+        "",
+        "COCO box AP on the test set, in %; mean ± sample std over seeds; best per column in bold. "
+        f"Evaluation: {'; '.join(sources) or 'not recorded'}.",
+        "",
+        seed_table(results),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+__all__ = ["main_table", "markdown_report", "seed_table"]
