@@ -39,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("frames", help="frame source (folder, video, COCO json)")
     ap.add_argument("-o", "--output", required=True, help="backbone .safetensors")
+    ap.add_argument("--images", default=None, help="images root when FRAMES is a COCO json (default: its folder)")
     ap.add_argument("--arch", default="resnet18", choices=sorted(RESNET_CHANNELS))
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=64)
@@ -62,7 +63,7 @@ def main() -> None:
     criterion = NegativeCosineSimilarity()
     params = [*backbone.parameters(), *projector.parameters(), *predictor.parameters()]
     opt = torch.optim.SGD(params, lr=0.06, momentum=0.9, weight_decay=5e-4)
-    data = Views(open_frames(args.frames), SimSiamTransform(input_size=args.size))
+    data = Views(open_frames(args.frames, images=args.images), SimSiamTransform(input_size=args.size))
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.workers)  # fmt: skip
     pool = nn.AdaptiveAvgPool2d(1)
