@@ -5,7 +5,7 @@
 #      (skipped with a note when lightly is not installed: .venv/bin/pip install lightly);
 #   3. fpsiam experiment: FPSiam + SimSiam pretraining, random / imagenet / lightly arms, RetinaNet x 3 seeds.
 # Resumable: rerun the same command after an interruption (finished stages are skipped).
-# Usage: FPSIAM_KVASIR=/path/to/kvasir-seg bash benchmarks/kvasir_protocol.sh [OUT_DIR]
+# Usage: FPSIAM_KVASIR=/path/to/kvasir-seg bash benchmarks/kvasir_protocol.sh [OUT_DIR [--set KEY=VALUE ...]]
 # The same protocol on another labeled set (COCO json, e.g. from `fpsiam data convert` + `fpsiam data split`):
 #   TRAIN=mine/train.json TEST=mine/test.json [IMAGES=mine/images] bash benchmarks/kvasir_protocol.sh runs/mine
 # (the train split is also the unlabeled frame source, as with Kvasir-SEG).
@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/kvasir_cpu}
+shift || true   # anything after OUT_DIR goes to `fpsiam experiment` (e.g. --set seeds=[0] for a smoke run)
 PY=${PY:-.venv/bin/python}
 CONFIG=configs/experiments/kvasir_cpu.yaml
 mkdir -p "$OUT"
@@ -45,5 +46,5 @@ else
   echo "lightly is not installed: the lightly_simsiam peer arm is left out (.venv/bin/pip install lightly)"
 fi
 start=$(date +%s)
-"$PY" -m fpsiam experiment "$CONFIG" -o "$OUT" "${EXTRA[@]}"
+"$PY" -m fpsiam experiment "$CONFIG" -o "$OUT" "${EXTRA[@]}" "$@"
 echo "experiment: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
