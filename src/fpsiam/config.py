@@ -146,6 +146,7 @@ class DetectOptim:
     warmup_ratio: float = 0.001
     steps: list[int] = dataclasses.field(default_factory=lambda: [8, 11])  # epochs where lr x= gamma
     gamma: float = 0.1
+    clip_grad_norm: float | None = None  # clip the global gradient norm (e.g. 35, MMDetection's grad_clip); off
 
 
 @dataclasses.dataclass

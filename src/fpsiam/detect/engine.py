@@ -51,8 +51,12 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    clip_grad_norm: float | None = None,
 ) -> int:
     """SGD over ``batches`` until ``max_steps`` steps; ``lr_at(global_iteration)`` sets the lr each step.
+
+    ``clip_grad_norm``: clip the global gradient norm to this value before each step (None: no clipping);
+    the pre-clip norm is reported to ``on_step`` as ``grad_norm`` either way, so divergence shows up early.
 
     Returns the number of steps done. Raises FloatingPointError on a non-finite loss (the caller turns it
     into a clear message and keeps the last good checkpoint).
@@ -75,15 +79,21 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # so the norm (and the clip) is in real gradient units
+        else:
+            loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm else float("inf"))
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         iteration += 1
         steps += 1
         if on_step is not None:
-            on_step(iteration, {**dict(zip([*names, "loss"], values.tolist(), strict=True)), "lr": lr})
+            logged = dict(zip([*names, "loss"], values.tolist(), strict=True))
+            on_step(iteration, {**logged, "lr": lr, "grad_norm": float(grad_norm)})
         if steps >= max_steps:
             break
     return steps

@@ -193,11 +193,13 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
             done = train_one_epoch(
                 model, optimizer, loader, env.device, lr_at, global_step, steps_per_epoch - step_in_epoch,
                 dtype, scaler, reduce=lambda x: D.all_reduce_mean(x, env), on_step=on_step,
+                clip_grad_norm=cfg.optim.clip_grad_norm,
             )  # fmt: skip
         except FloatingPointError as e:
             raise FpsiamError(
                 f"epoch {epoch + 1}: loss not finite ({e}); stopped. Last good checkpoint: "
-                f"{latest_checkpoint(run_dir) or 'none'}. Lower optim.lr or use train.amp=none"
+                f"{latest_checkpoint(run_dir) or 'none'}. Lower optim.lr, set optim.clip_grad_norm (e.g. 35) "
+                "or use train.amp=none"
             ) from None
         bar.close()
         seconds = time.perf_counter() - started
