@@ -64,6 +64,8 @@ def main() -> None:
     params = [*backbone.parameters(), *projector.parameters(), *predictor.parameters()]
     opt = torch.optim.SGD(params, lr=0.06, momentum=0.9, weight_decay=5e-4)
     data = Views(open_frames(args.frames, images=args.images), SimSiamTransform(input_size=args.size))
+    if len(data) < args.batch:
+        raise SystemExit(f"{args.frames}: {len(data)} frames, fewer than one batch of {args.batch}; lower --batch")
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.workers)  # fmt: skip
     pool = nn.AdaptiveAvgPool2d(1)

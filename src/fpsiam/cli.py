@@ -208,6 +208,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise FpsiamError(f"{src}: cannot read ({e.strerror}); give the results.json an experiment wrote") from None
     except json.JSONDecodeError as e:
         raise FpsiamError(f"{src}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise FpsiamError(f"{src}: not a UTF-8 text file; give the results.json an experiment wrote") from None
     if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
         raise FpsiamError(f"{src}: not an experiment's results.json (no 'runs' list)")
     html = Path(args.output) if args.output else src.with_name("report.html")

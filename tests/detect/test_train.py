@@ -203,3 +203,10 @@ def test_torchrun_two_processes_train_identical_detectors(synth, tmp_path):
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["last"]["epoch"] == 1 and results["history"][0]["global_step"] == 2
+
+
+@pytest.mark.parametrize("value", [0, -1.0])
+def test_clip_grad_norm_must_be_positive(synth, tmp_path, value):
+    with pytest.raises(FpsiamError, match="optim.clip_grad_norm"):
+        T.train_detector(cfg_for(synth, f"optim.clip_grad_norm={value}"), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

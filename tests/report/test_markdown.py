@@ -58,11 +58,18 @@ def test_report_command_rebuilds_html_and_table(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "text, expect",
-    [(None, "cannot read"), ("{not json", "line 1: not valid JSON"), ('{"runs": 3}', "no 'runs' list")],
+    [
+        (None, "cannot read"),
+        ("{not json", "line 1: not valid JSON"),
+        ('{"runs": 3}', "no 'runs' list"),
+        (b"\xff\xfe\x00binary", "not a UTF-8 text file"),
+    ],
 )
 def test_report_command_bad_input(tmp_path, capsys, text, expect):
     src = tmp_path / "results.json"
-    if text is not None:
+    if isinstance(text, bytes):
+        src.write_bytes(text)
+    elif text is not None:
         src.write_text(text)
     assert main(["report", str(src)]) == 2
     err = capsys.readouterr().err

@@ -62,6 +62,8 @@ def train_one_epoch(
     into a clear message and keeps the last good checkpoint).
     """
     model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # clip_grad_norm_ skips grad None
+    max_norm = clip_grad_norm or float("inf")  # inf: measure the norm, clip nothing
     iteration = first_iteration
     steps = 0
     for images, targets in batches:
@@ -82,8 +84,7 @@ def train_one_epoch(
             scaler.unscale_(optimizer)  # so the norm (and the clip) is in real gradient units
         else:
             loss.backward()
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
