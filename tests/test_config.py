@@ -122,3 +122,17 @@ def test_every_experiment_config_loads(preset):
     cfg = load_config(ExperimentConfig, CONFIGS / "experiments" / preset)
     assert cfg.train and cfg.test and len(cfg.seeds) >= 3
     assert cfg.pretrain.model.backbone == cfg.detect.model.arch
+
+
+@pytest.mark.parametrize(
+    ("cls", "item"),
+    [(DetectConfig, "train.eval_every=0"), (DetectConfig, "train.epochs=0"), (PretrainConfig, "train.log_every=0"),
+     (PretrainConfig, "train.batch_size=-2"), (DetectConfig, "model.min_size=8"), (ExperimentConfig, "average_last=0")],
+)  # fmt: skip
+def test_counts_below_their_minimum_are_refused_by_key(tmp_path, cls, item):
+    key = item.split("=")[0]
+    with pytest.raises(FpsiamError, match=f"key '{key}': must be >= "):
+        load_config(cls, write(tmp_path, "{}\n"), [item])
+    lowest = {"train.eval_every=0": "train.eval_every=1", "model.min_size=8": "model.min_size=32"}.get(item)
+    if lowest:
+        assert load_config(cls, None, [lowest]) is not None  # the minimum itself is allowed

@@ -262,6 +262,15 @@ def set_dotted(raw: dict, key: str, value: Any, cls: type, where: str) -> None:
     node[parts[-1]] = value
 
 
+# Smallest allowed value of integer keys, by name (any section): a 0 here would divide by zero or loop never.
+MINIMUM = {
+    "epochs": 1, "batch_size": 1, "checkpoint_every": 1, "checkpoint_steps": 1, "eval_every": 1, "log_every": 1,
+    "keep_last": 1, "max_steps_per_epoch": 1, "average_last": 1, "min_size": 32, "max_size": 32,
+    "test_proposals": 1, "roi_samples": 1, "size": 32, "workers": 0, "warmup_iters": 0, "gradcam_images": 0,
+    "sample_images": 0,
+}  # fmt: skip
+
+
 def from_dict(cls: type[T], raw: Any, where: str, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a dict, rejecting unknown keys and values of the wrong type."""
     if not isinstance(raw, dict):
@@ -276,6 +285,9 @@ def from_dict(cls: type[T], raw: Any, where: str, prefix: str = "") -> T:
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known keys: {', '.join(names)}"
             raise FpsiamError(f"{where}: unknown key '{dotted}'{hint}")
         kwargs[key] = _coerce(hints[key], value, where, dotted)
+        low = MINIMUM.get(key)
+        if low is not None and isinstance(kwargs[key], int) and not isinstance(kwargs[key], bool) and kwargs[key] < low:
+            raise FpsiamError(f"{where}: key '{dotted}': must be >= {low}, got {kwargs[key]}")
     return cls(**kwargs)
 
 

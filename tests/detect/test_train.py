@@ -210,3 +210,19 @@ def test_clip_grad_norm_must_be_positive(synth, tmp_path, value):
     with pytest.raises(FpsiamError, match="optim.clip_grad_norm"):
         T.train_detector(cfg_for(synth, f"optim.clip_grad_norm={value}"), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_image_read_in_a_loader_worker_is_one_line(synth, tmp_path, capsys):
+    data = json.loads(Path(synth["train"]).read_text())
+    boxed = {a["image_id"] for a in data["annotations"]}
+    next(im for im in data["images"] if im["id"] in boxed)["file_name"] = "no_such_frame.jpg"  # not a dropped negative
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps(data))
+    preset = Path(__file__).parents[2] / "configs" / "retinanet_r18_fpn_cpu.yaml"
+    args = ["detect", "train", str(preset), "-o", str(tmp_path / "run"), "--train", str(bad), "--val",
+            str(synth["test"]), "--images", str(Path(synth["train"]).parent)]  # fmt: skip
+    sets = [x for item in TINY if item != "data.workers=0" for x in ("--set", item)]
+    assert main([*args, *sets, "--set", "data.workers=1", "--set", "model.kind=retinanet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_frame.jpg: image not found" in err[0], err
+    assert "Traceback" not in err[0] and "DataLoader worker" not in err[0]
