@@ -69,6 +69,7 @@ class PretrainOptim:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     fix_predictor_lr: bool = True
+    schedule: Literal["cosine", "constant"] = "cosine"  # cosine: the paper's; constant: lightly's SimSiam example
 
 
 @dataclasses.dataclass

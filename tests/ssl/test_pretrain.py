@@ -89,6 +89,16 @@ def test_predictor_lr_fixed_while_the_rest_follows_the_cosine(frames, tmp_path):
     assert rows[0]["lr"] > rows[1]["lr"] > rows[2]["lr"] > rows[3]["lr"] > 0
 
 
+def test_constant_schedule_keeps_every_group_at_the_scaled_lr(frames, tmp_path):
+    cfg = tiny_cfg(frames, "train.epochs=3", "train.max_steps_per_epoch=1", "optim.schedule=constant",
+                   "optim.fix_predictor_lr=false")  # fmt: skip
+    P.pretrain(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    base = 0.05 * 4 / 256
+    assert [r["lr"] for r in rows] == pytest.approx([base] * 3)
+    assert [r["lr_predictor"] for r in rows] == pytest.approx([base] * 3)
+
+
 def test_kill_and_resume_equals_uninterrupted(frames, tmp_path, monkeypatch):
     extra = ("train.checkpoint_steps=2", "train.keep_last=10", "data.temporal_k=2")
     P.pretrain(tiny_cfg(frames, *extra), tmp_path / "straight")

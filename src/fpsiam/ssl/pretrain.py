@@ -66,9 +66,11 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-def set_epoch_lr(optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> None:
+def set_epoch_lr(optimizer: torch.optim.Optimizer, epoch: int, epochs: int, schedule: str = "cosine") -> None:
+    """The epoch's lr: cosine-decayed, or constant (``schedule="constant"``); a fixed-lr group keeps its own."""
     for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] if group["fix_lr"] else cosine_lr(group["initial_lr"], epoch, epochs)
+        fixed = group["fix_lr"] or schedule == "constant"
+        group["lr"] = group["initial_lr"] if fixed else cosine_lr(group["initial_lr"], epoch, epochs)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -209,7 +211,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
     last: dict[str, float] = {}
     started = time.perf_counter()
     while epoch < t.epochs:
-        set_epoch_lr(optimizer, epoch, t.epochs)
+        set_epoch_lr(optimizer, epoch, t.epochs, cfg.optim.schedule)
         sampler.set_epoch(epoch)
         sampler.start_index = step_in_epoch * t.batch_size
         dataset.epoch = epoch
