@@ -9,9 +9,9 @@ neighbours. Chance is 50 %. This is the cheapest evidence of whether a self-supe
 anything a detector could use, independent of the fine-tuning schedule.
 
     .venv/bin/python benchmarks/probe_backbones.py data/kvasir/train.json data/kvasir/test.json \\
-        random fpsiam=runs/kvasir_v2/pretrain/fpsiam/backbone.safetensors \\
-        simsiam=runs/kvasir_v2/pretrain/simsiam/backbone.safetensors \\
-        lightly_simsiam=runs/kvasir_v2/lightly_simsiam_r18.safetensors [--size 128] [--images DIR]
+        random fpsiam=runs/kvasir_cpu/pretrain/fpsiam/backbone.safetensors \\
+        simsiam=runs/kvasir_cpu/pretrain/simsiam/backbone.safetensors \\
+        lightly_simsiam=runs/kvasir_cpu/lightly_simsiam_r18.safetensors [--size 128] [--images DIR]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from fpsiam.config import PretrainData
-from fpsiam.data.coco import read_image_rgb
+from fpsiam.data.coco import CocoDetection
+from fpsiam.errors import FpsiamError
 from fpsiam.experiment import machine_description
 from fpsiam.ssl.encoders import build_resnet
 from fpsiam.weights import load_backbone
@@ -41,35 +43,26 @@ def overlap_fraction(a: list[float], b: list[float]) -> float:
 
 
 def crops(ann: str, images: str | None, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Polyp and mucosa crops of every boxed frame: uint8 [N, 3, size, size] and labels (1 polyp, 0 mucosa)."""
-    data = json.loads(Path(ann).read_text(encoding="utf-8"))
-    root = Path(images) if images else Path(ann).parent
-    boxes: dict[int, list[list[float]]] = {}
-    for a in data["annotations"]:
-        x, y, w, h = a["bbox"]
-        boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    """Polyp and mucosa crops of every boxed frame: float [N, 3, size, size] in 0..1 and labels (1 polyp)."""
     rng = random.Random(seed)
     out, labels = [], []
-    for im in data["images"]:
-        if im["id"] not in boxes:
-            continue
-        pixels = read_image_rgb(root / im["file_name"])
-        H, W = pixels.shape[-2:]
-        polyp = max(boxes[im["id"]], key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-        bw, bh = polyp[2] - polyp[0], polyp[3] - polyp[1]
-        bw, bh = min(bw, W / 2), min(bh, H / 2)  # a huge polyp: a smaller mucosa patch still fits somewhere
+    for image, target in CocoDetection(ann, images):  # boxed frames only, boxes XYXY clipped to the image
+        H, W = image.shape[-2:]
+        boxes = target["boxes"].tolist()
+        polyp = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+        bw, bh = min(polyp[2] - polyp[0], W / 2), min(polyp[3] - polyp[1], H / 2)  # a huge polyp: smaller patch
         background = None
         for _ in range(100):
             x, y = rng.uniform(0, W - bw), rng.uniform(0, H - bh)
             cand = [x, y, x + bw, y + bh]
-            if all(overlap_fraction(cand, b) <= 0.1 for b in boxes[im["id"]]):
+            if all(overlap_fraction(cand, b) <= 0.1 for b in boxes):
                 background = cand
                 break
         if background is None:
             continue
         for box, label in ((polyp, 1), (background, 0)):
             x1, y1, x2, y2 = (round(v) for v in box)
-            out.append(TF.resized_crop(pixels, y1, x1, max(1, y2 - y1), max(1, x2 - x1), [size, size], antialias=True))
+            out.append(TF.resized_crop(image, y1, x1, max(1, y2 - y1), max(1, x2 - x1), [size, size], antialias=True))
             labels.append(label)
     return torch.stack(out), torch.tensor(labels)
 
@@ -79,7 +72,7 @@ def features(model: torch.nn.Module, x: torch.Tensor, batch: int = 64) -> torch.
     d = PretrainData()
     mean, std = torch.tensor(d.mean).view(1, 3, 1, 1), torch.tensor(d.std).view(1, 3, 1, 1)
     model.eval()
-    return torch.cat([model((x[i : i + batch].float() / 255 - mean) / std) for i in range(0, len(x), batch)])
+    return torch.cat([model((x[i : i + batch] - mean) / std) for i in range(0, len(x), batch)])
 
 
 def linear_probe(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor) -> float:
@@ -141,4 +134,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FpsiamError as e:  # a bad json, image or weights file: one line, no traceback
+        sys.exit(f"probe_backbones: error: {e}")

@@ -264,6 +264,8 @@ def set_dotted(raw: dict, key: str, value: Any, cls: type, where: str) -> None:
 
 
 # Smallest allowed value of integer keys, by name (any section): a 0 here would divide by zero or loop never.
+# POSITIVE: number keys that must be > 0 when set (a negative clip norm would flip the gradients).
+POSITIVE = {"clip_grad_norm"}
 MINIMUM = {
     "epochs": 1, "batch_size": 1, "checkpoint_every": 1, "checkpoint_steps": 1, "eval_every": 1, "log_every": 1,
     "keep_last": 1, "max_steps_per_epoch": 1, "average_last": 1, "min_size": 32, "max_size": 32,
@@ -286,10 +288,18 @@ def from_dict(cls: type[T], raw: Any, where: str, prefix: str = "") -> T:
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known keys: {', '.join(names)}"
             raise FpsiamError(f"{where}: unknown key '{dotted}'{hint}")
         kwargs[key] = _coerce(hints[key], value, where, dotted)
-        low = MINIMUM.get(key)
-        if low is not None and isinstance(kwargs[key], int) and not isinstance(kwargs[key], bool) and kwargs[key] < low:
-            raise FpsiamError(f"{where}: key '{dotted}': must be >= {low}, got {kwargs[key]}")
+        _check_range(key, kwargs[key], where, dotted)
     return cls(**kwargs)
+
+
+def _check_range(key: str, value: Any, where: str, dotted: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    low = MINIMUM.get(key)
+    if low is not None and value < low:
+        raise FpsiamError(f"{where}: key '{dotted}': must be >= {low}, got {value}")
+    if key in POSITIVE and not value > 0:
+        raise FpsiamError(f"{where}: key '{dotted}': must be > 0 (or null: off), got {value}")
 
 
 def _type_name(tp: Any) -> str:

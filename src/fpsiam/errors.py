@@ -12,8 +12,7 @@ class FpsiamError(Exception):
     """
 
     def __init__(self, *args: object) -> None:
-        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught FpsiamError"):
-            text = args[0]
-            if _WORKER_MARK in text:
-                args = (text.rsplit(_WORKER_MARK, 1)[1].strip(),)
+        text = args[0] if len(args) == 1 and isinstance(args[0], str) else ""
+        if text.startswith("Caught FpsiamError") and _WORKER_MARK in text:
+            args = (text.rsplit(_WORKER_MARK, 1)[1].strip(),)
         super().__init__(*args)

@@ -85,8 +85,6 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
     t, d = cfg.train, cfg.data
     if not d.train or not d.val:
         raise FpsiamError("set data.train and data.val (COCO json files), or pass --train/--val")
-    if cfg.optim.clip_grad_norm is not None and not cfg.optim.clip_grad_norm > 0:
-        raise FpsiamError(f"optim.clip_grad_norm: {cfg.optim.clip_grad_norm} must be > 0 (or null: no clipping)")
     log = print if env.is_main else (lambda *a, **k: None)
 
     train_set = CocoDetection(d.train, d.images, detection_transforms(True, d.hflip), keep_negatives=d.keep_negatives)
