@@ -226,3 +226,30 @@ def test_real_data_smoke_on_kvasir(tmp_path):
     assert result.global_step == 3
     assert all(np.isfinite(v) for v in result.final.values())
     assert (tmp_path / "run" / "backbone.safetensors").is_file()
+
+
+def test_probe_during_pretraining_is_logged_and_changes_nothing(tmp_path):
+    from fpsiam.data.synthetic import SynthOptions, generate
+
+    generate(tmp_path / "synth", SynthOptions(videos=3, frames=4, width=96, height=80, mp4=False, seed=5))
+    ann = tmp_path / "synth" / "annotations.json"
+    base = (f"data.source={ann}", "train.checkpoint_every=1")
+    P.pretrain(tiny_cfg(tmp_path, *base), tmp_path / "plain")
+    probed = (*base, f"probe.ann={ann}", "probe.size=32", "probe.every=1", "probe.seeds=[0, 1]")
+    result = P.pretrain(tiny_cfg(tmp_path, *probed), tmp_path / "probed")
+    plain, with_probe = weights(tmp_path / "plain"), weights(tmp_path / "probed")
+    assert all(torch.equal(plain[k], with_probe[k]) for k in plain)  # the probe touches neither weights nor RNG
+    rows = [json.loads(line) for line in (tmp_path / "probed" / "metrics.jsonl").read_text().splitlines()]
+    probes = [r for r in rows if r.get("kind") == "probe"]
+    assert [(r["epoch"], r["global_step"]) for r in probes] == [(0, 0), (1, 3), (2, 6)]
+    assert all(0 <= r["probe_linear"] <= 1 and r["probe_linear_std"] >= 0 for r in probes)
+    summary = json.loads((tmp_path / "probed" / "summary.json").read_text())
+    assert summary["probe"]["probe_linear"] == probes[-1]["probe_linear"]
+    assert result.final  # the loss terms, as without a probe
+    # resuming a finished run probes nothing again and keeps the summary; a bad probe json fails before training
+    P.pretrain(tiny_cfg(tmp_path, *probed), tmp_path / "probed", resume=True)
+    assert len((tmp_path / "probed" / "metrics.jsonl").read_text().splitlines()) == len(rows)
+    assert json.loads((tmp_path / "probed" / "summary.json").read_text())["probe"] == summary["probe"]
+    with pytest.raises(FpsiamError, match="missing.json"):
+        P.pretrain(tiny_cfg(tmp_path, *base, "probe.ann=missing.json"), tmp_path / "bad")
+    assert not list_checkpoints(tmp_path / "bad")

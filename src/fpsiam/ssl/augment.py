@@ -37,21 +37,32 @@ def view_transform(
     min_scale: float = 0.2,
     mean: Sequence[float] = LDPOLYPVIDEO_MEAN,
     std: Sequence[float] = LDPOLYPVIDEO_STD,
+    color_jitter: float = 0.4,
+    grayscale: float = 0.2,
+    blur: float = 0.5,
 ) -> v2.Compose:
-    """One view: uint8 [3, H, W] -> normalised float32 [3, size, size] (DESIGN §1 augmentations)."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(
-                size, scale=(min_scale, 1.0), interpolation=v2.InterpolationMode.BILINEAR, antialias=True
-            ),
-            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5),
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
+    """One view: uint8 [3, H, W] -> normalised float32 [3, size, size] (DESIGN §1 augmentations).
+
+    The defaults are the paper's. ``color_jitter`` is the strength s of ColorJitter(s, s, s, s/4) (applied with
+    p=0.8; 0 drops it), ``grayscale`` and ``blur`` the probabilities of RandomGrayscale and of the Gaussian blur:
+    the knobs a small-data recipe may turn down (colour is much of what tells a polyp from mucosa).
+    """
+    steps: list = [
+        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    ]
+    if color_jitter > 0:
+        s = color_jitter
+        steps.append(v2.RandomApply([v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=s / 4)], p=0.8))
+    if grayscale > 0:
+        steps.append(v2.RandomGrayscale(p=grayscale))
+    if blur > 0:
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=blur_kernel_size(size), sigma=(0.1, 2.0))], p=blur))
+    steps += [
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ]
+    return v2.Compose(steps)
 
 
 class FrameSourceLike(Protocol):

@@ -129,7 +129,8 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
             f"{cfg.data.source}: {len(source)} frames, but one step needs {global_batch} "
             f"(batch {t.batch_size} x {env.world_size} processes, drop_last); lower train.batch_size"
         )
-    transform = view_transform(cfg.data.size, cfg.data.min_scale, cfg.data.mean, cfg.data.std)
+    d = cfg.data
+    transform = view_transform(d.size, d.min_scale, d.mean, d.std, d.color_jitter, d.grayscale, d.blur)
     dataset = SeededSamples(TwoViewDataset(source, transform, temporal_k=cfg.data.temporal_k), seed=t.seed)
     sampler = ResumableSampler(dataset, env.world_size, env.rank, seed=t.seed)
     steps_per_epoch = len(sampler) // t.batch_size
@@ -161,6 +162,11 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
     elif resume:
         log(f"--resume: no checkpoint in {run_dir}; starting from scratch")
 
+    probe = None
+    if cfg.probe.ann and env.is_main:  # prepared once (decodes the labeled frames); fails before any training
+        from fpsiam.ssl.probe import Probe
+
+        probe = Probe(cfg.probe, cfg.data.mean, cfg.data.std)
     model = D.prepare_model(model, env, sync_bn=t.sync_bn, channels_last=t.channels_last)
     if t.compile:
         model = torch.compile(model)
@@ -207,6 +213,25 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
         }
         return save_checkpoint(state, checkpoint_path(run_dir, global_step), keep_last=t.keep_last)
 
+    probed: dict[str, float] = {}  # the newest probe row (a resumed run starts from the logged one)
+    if probe is not None:
+        logged = [r for r in metrics.rows() if r.get("kind") == "probe"]
+        probed = {k: v for k, v in logged[-1].items() if k.startswith("probe_")} if logged else {}
+
+    def run_probe(done_epochs: int) -> None:
+        """Probe the live backbone (rank 0), log the row to metrics.jsonl, print one line."""
+        if probe is None:
+            return
+        result = probe(core.backbone)
+        probed.update({f"probe_{k}": result[k] for k in ("linear", "linear_std", "knn", "knn_std")})
+        metrics.log({"kind": "probe", "epoch": done_epochs, "global_step": global_step, **probed})
+        tqdm.write(
+            f"probe after epoch {done_epochs}: linear {100 * result['linear']:.1f}% kNN {100 * result['knn']:.1f}%",
+            file=sys.stderr,
+        )
+
+    if global_step == 0:
+        run_probe(0)  # the init's own probe: where the curve starts
     loss_keys: list[str] | None = None
     last: dict[str, float] = {}
     started = time.perf_counter()
@@ -305,6 +330,8 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
         bar.close()
         epoch += 1
         step_in_epoch = 0
+        if epoch % cfg.probe.every == 0 or epoch == t.epochs:
+            run_probe(epoch)  # before the checkpoint: a kill in between reruns the probe on resume
         if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
             checkpoint(epoch, 0)
         D.barrier(env)
@@ -327,6 +354,7 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
                 "epochs": t.epochs,
                 "global_step": global_step,
                 "final": last,
+                "probe": probed or None,
                 "seconds_this_process": time.perf_counter() - started,
                 "peak_rss_mb": _peak_rss_mb(),
                 "checkpoint": str(final_ckpt),
