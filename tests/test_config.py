@@ -136,3 +136,19 @@ def test_counts_below_their_minimum_are_refused_by_key(tmp_path, cls, item):
     lowest = {"train.eval_every=0": "train.eval_every=1", "model.min_size=8": "model.min_size=32"}.get(item)
     if lowest:
         assert load_config(cls, None, [lowest]) is not None  # the minimum itself is allowed
+
+
+def test_exponent_floats_are_floats_in_yaml_and_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  weight_decay: 5e-4\n  lr: 1E-2\n", encoding="utf-8")
+    cfg = load_config(PretrainConfig, path, ["optim.momentum=9e-1"])
+    assert (cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.momentum) == (5e-4, 1e-2, 0.9)
+
+
+def test_probe_keys_are_checked(tmp_path):
+    with pytest.raises(FpsiamError, match="probe.holdout"):
+        load_config(PretrainConfig, None, ["probe.holdout=0"])
+    with pytest.raises(FpsiamError, match="probe.every"):
+        load_config(PretrainConfig, None, ["probe.every=0"])
+    with pytest.raises(FpsiamError, match="optim.backbone_lr_mult"):
+        load_config(DetectConfig, None, ["optim.backbone_lr_mult=0"])

@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import save_file
 
 from fpsiam.cli import main
-from fpsiam.config import ExperimentConfig, load_config
+from fpsiam.config import DetectConfig, ExperimentConfig, load_config
 from fpsiam.data.synthetic import SynthOptions, synth_split
 from fpsiam.demo import demo_config
 from fpsiam.errors import FpsiamError
@@ -193,7 +193,7 @@ def test_imagenet_arm_is_skipped_with_a_note_when_weights_are_offline(synth, tmp
     cfg = tiny(synth, "methods=[]", "inits=[imagenet]", "gradcam_images=0", "sample_images=0")
     results = run_experiment(cfg, tmp_path)
     assert results["runs"] == [
-        {"arm": "imagenet", "detector": "retinanet", "seed": 0, "status": "skipped",
+        {"arm": "imagenet", "detector": "retinanet", "seed": 0, "labels": 1.0, "status": "skipped",
          "reason": "ImageNet weights not available offline (test)"}
     ]  # fmt: skip
 
@@ -205,3 +205,40 @@ def test_the_demo_config_runs_scaled_down(synth, tmp_path):
     results = exp.run()
     assert {r["status"] for r in results["runs"]} == {"done"}
     assert (tmp_path / "report.html").is_file()
+
+
+def test_label_fractions_axis_nested_subsets_table_and_plot(synth, tmp_path):
+    cfg = tiny(synth, "methods=[]", "label_fractions=[1.0, 0.5]", "gradcam_images=0", "sample_images=0",
+               "detect.train.min_iters=2")  # fmt: skip
+    out = tmp_path / "out"
+    results = run_experiment(cfg, out)
+    assert results["label_fractions"] == [0.5, 1.0]
+    rows = [(r["arm"], r["labels"], r["seed"], r["status"]) for r in results["runs"]]
+    assert rows == [("random", 0.5, 0, "done"), ("random", 1.0, 0, "done")]
+    half = json.loads((out / "labels" / "seed0" / "labels50.json").read_text())
+    full = json.loads(Path(synth["train"]).read_text())
+    assert {im["id"] for im in half["images"]} < {im["id"] for im in full["images"]}
+    assert results["runs"][0]["train_images"] == len(half["images"]) == round(0.5 * len(full["images"]))
+    assert results["runs"][0]["run_dir"] == "detect/random/retinanet/labels50/seed0"
+    assert "labels" in (out / "table.md").read_text() and (out / "label_efficiency.png").is_file()
+
+
+@pytest.mark.parametrize("bad", ["label_fractions=[0.0]", "label_fractions=[1.5]", "label_fractions=[]"])
+def test_bad_label_fractions_are_refused_by_key(synth, bad):
+    with pytest.raises(FpsiamError, match="label_fractions"):
+        check_config(tiny(synth, bad), "cfg.yaml")
+
+
+def test_transfer_overrides_apply_to_pretrained_arms_only(synth, tmp_path):
+    r18 = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in build_resnet("resnet18").state_dict().items()}, r18)
+    cfg = tiny(synth, "methods=[]", f"weights=[mine={r18}]", "gradcam_images=0", "sample_images=0",
+               "transfer=[optim.backbone_lr_mult=0.5, model.precise_bn=2]")  # fmt: skip
+    out = tmp_path / "out"
+    run_experiment(cfg, out)
+    got = {arm: load_config(DetectConfig, out / "detect" / arm / "retinanet" / "seed0" / "config.yaml")
+           for arm in ("random", "mine")}  # fmt: skip
+    assert (got["random"].optim.backbone_lr_mult, got["random"].model.precise_bn) == (1.0, 0)
+    assert (got["mine"].optim.backbone_lr_mult, got["mine"].model.precise_bn) == (0.5, 2)
+    with pytest.raises(FpsiamError, match="transfer entry"):
+        check_config(tiny(synth, "transfer=[optim.nope=1]"), "cfg.yaml")

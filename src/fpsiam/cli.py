@@ -7,6 +7,7 @@ it returns. A :class:`FpsiamError` becomes one line on stderr and exit status 2;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -40,7 +41,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:
-    from fpsiam.data.check import split_annotations
+    from fpsiam.data.check import label_subsets, split_annotations
+
+    if args.labels:
+        if args.by == "list":
+            raise FpsiamError("--labels draws nested subsets by video or by image; use --by video or --by image")
+        written = label_subsets(Path(args.ann), Path(args.output), args.labels, args.seed, args.by, args.images)
+        for fraction, path in written.items():
+            print(f"{100 * fraction:g} %: {path}")
+        return 0
 
     paths = split_annotations(
         Path(args.ann),
@@ -107,6 +116,27 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
         print(f"backbone:   {result.backbone}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from fpsiam.config import ProbeConfig, _check_range
+    from fpsiam.fileio import write_json
+
+    cfg = ProbeConfig(ann=args.ann, images=args.images, test=args.test, holdout=args.holdout, mode=args.mode,
+                      size=args.size, seeds=list(args.seeds), bn=args.bn)  # fmt: skip
+    for key in ("holdout", "size"):
+        _check_range(key, getattr(cfg, key), "fpsiam probe", f"--{key}")
+    out = Path(args.output) if args.output else None
+    if out is not None and not out.parent.is_dir():
+        raise FpsiamError(f"{out}: its folder does not exist; create it or pass another -o")
+    from fpsiam.ssl.probe import markdown_table, run_probe
+
+    rows = run_probe(cfg, args.backbones, arch=args.arch, weights_file=args.weights_file)
+    print(markdown_table(rows))
+    if out is not None:
+        write_json(out, {"probe": dataclasses.asdict(cfg), "arch": args.arch, "rows": rows})
+        print(f"probe: {out}")
     return 0
 
 
@@ -323,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=FILE",
         help="with --by list: a split name and a text file of image file stems (Kvasir's train.txt)",
     )
+    p.add_argument("--labels", type=float, nargs="+", metavar="FRACTION",
+                   help="instead of train/val/test: nested label subsets OUT/labels<pct>.json of these fractions "
+                   "(e.g. 0.1 0.25 1), each inside the next; whole videos with --by video")  # fmt: skip
     p.add_argument("--images", help="images folder the input's file names are relative to")
     p.set_defaults(func=cmd_data_split)
 
@@ -355,6 +388,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="frame source (overrides data.source)")
     add_run_flags(p, "runs/pretrain/<config name>")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "probe",
+        help="frozen-backbone linear + kNN probe: polyp vs mucosa crops (did pretraining learn anything?)",
+        description="Score frozen backbones with a linear (logistic regression) and a kNN-20 probe of their pooled "
+        "C5 features: polyp crops vs mucosa crops of a COCO json with boxes (or whole frames with vs without "
+        "boxes, --mode frames). The held-out part is --test, or a --holdout fraction of ANN's frames (whole "
+        "videos). Each seed redraws the mucosa crops and that split; the table gives mean +- std over seeds.",
+        epilog="example: fpsiam probe random runs/fpsiam_synth fpsiam=runs/fpsiam_synth/backbone.safetensors "
+        "--ann data/synth/split/train.json --arch resnet18 -o probe.json",
+    )
+    p.add_argument("backbones", nargs="+", metavar="BACKBONE",
+                   help="[NAME=]random | imagenet | weights file | pretraining run folder")  # fmt: skip
+    p.add_argument("--ann", required=True, help="COCO json with boxes (the probe's train part, or all of it)")
+    p.add_argument("--test", help="held-out COCO json (default: hold out --holdout of ANN's frames)")
+    p.add_argument("--images", help="images root for the jsons (default: each json's folder)")
+    p.add_argument("--mode", choices=["crops", "frames"], default="crops",
+                   help="crops: polyp vs mucosa crops (default); frames: frames with vs without boxes")  # fmt: skip
+    p.add_argument("--bn", choices=["data", "own"], default="data",
+                   help="data: re-estimate each backbone's BN statistics on the probe's train part first (default, "
+                   "fair to random init); own: keep the backbone's statistics")  # fmt: skip
+    p.add_argument("--holdout", type=float, default=0.25, help="fraction of ANN held out without --test (0.25)")
+    p.add_argument("--size", type=int, default=128, help="examples resized to SIZE x SIZE (128)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds (0 1 2)")
+    p.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"],
+                   help="architecture of random/imagenet; weights files must match it (default: each file's own; "
+                   "random/imagenet resnet50)")  # fmt: skip
+    p.add_argument("--weights-file", help="offline copy of torchvision's ImageNet weights (for 'imagenet')")
+    p.add_argument("-o", "--output", help="also write the rows as json here")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(
         "extract",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,30 @@ from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_open
 
 T = TypeVar("T")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-4`` as a float, as YAML 1.2 does (YAML 1.1 needs ``1.0e-4``)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no Python objects), numbers as YAML 1.2 reads them."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 # ----------------------------------------------------------------------------------------------------
 # Pretraining (DESIGN §1). Defaults are the paper's values; CPU presets in configs/ shrink them.
@@ -40,6 +65,9 @@ class PretrainData:
     stride: int = 1  # keep every n-th frame of a video / frame folder
     size: int = 224  # RandomResizedCrop output size
     min_scale: float = 0.2  # RandomResizedCrop scale=(min_scale, 1.0)
+    color_jitter: float = 0.4  # ColorJitter(s, s, s, s/4) strength, applied with p=0.8 (0: none)
+    grayscale: float = 0.2  # RandomGrayscale probability
+    blur: float = 0.5  # Gaussian blur probability (sigma 0.1-2, kernel ~10% of size)
     mean: list[float] = dataclasses.field(default_factory=lambda: list(LDPOLYPVIDEO_MEAN))
     std: list[float] = dataclasses.field(default_factory=lambda: list(LDPOLYPVIDEO_STD))
     temporal_k: int = 0  # 0: both views from the same frame; k > 0: second view from a frame within ±k
@@ -95,6 +123,21 @@ class PretrainTrain:
 
 
 @dataclasses.dataclass
+class ProbeConfig:
+    """The frozen-backbone probe (``fpsiam probe``; during pretraining when ``ann`` is set), see fpsiam.ssl.probe."""
+
+    ann: str = ""  # labeled COCO json (boxes); empty: no probe during pretraining
+    images: str | None = None  # images root for ann/test (default: each json's folder)
+    test: str | None = None  # held-out COCO json; default: carve ``holdout`` of ann's frames (whole videos)
+    holdout: float = 0.25  # fraction of ann's frames held out when there is no test json
+    mode: Literal["crops", "frames"] = "crops"  # polyp vs mucosa crops, or whole frames with vs without boxes
+    size: int = 128  # examples resized to size x size
+    bn: Literal["data", "own"] = "data"  # data: BN statistics re-estimated on the probe's train part (precise BN)
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])  # each redraws mucosa patches + the carve
+    every: int = 5  # during pretraining: probe before the first epoch, every n epochs and after the last
+
+
+@dataclasses.dataclass
 class PretrainConfig:
     """``fpsiam pretrain CONFIG.yaml``: everything a pretraining run needs."""
 
@@ -102,6 +145,7 @@ class PretrainConfig:
     model: PretrainModel = dataclasses.field(default_factory=PretrainModel)
     optim: PretrainOptim = dataclasses.field(default_factory=PretrainOptim)
     train: PretrainTrain = dataclasses.field(default_factory=PretrainTrain)
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,6 +178,11 @@ class DetectModel:
     box_loss: Literal["l1", "smooth_l1"] = "l1"  # l1: the reference's; smooth_l1: torchvision's default
     test_proposals: int = 1000  # Faster R-CNN RPN proposals at test time (recipe: 1000; fewer = faster on CPU)
     roi_samples: int = 512  # Faster R-CNN RoIs per image for the box head in training (recipe: 512)
+    # Transfer recipe for self-supervised backbones (off in the paper presets):
+    head_norm: Literal["none", "gn"] = (
+        "none"  # gn: GroupNorm(32) in the FPN and the heads (MoCo's transfer: norm there)
+    )
+    precise_bn: int = 0  # re-estimate the backbone's BN statistics on this many train images first (0: off)
 
 
 @dataclasses.dataclass
@@ -148,6 +197,7 @@ class DetectOptim:
     steps: list[int] = dataclasses.field(default_factory=lambda: [8, 11])  # epochs where lr x= gamma
     gamma: float = 0.1
     clip_grad_norm: float | None = None  # clip the global gradient norm (e.g. 35, MMDetection's grad_clip); off
+    backbone_lr_mult: float = 1.0  # the backbone's lr = lr x this (the FPN and heads keep lr); 1: the paper's
 
 
 @dataclasses.dataclass
@@ -156,6 +206,7 @@ class DetectTrain:
     batch_size: int = 8  # per process
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    min_iters: int = 0  # a short train set: every epoch is stretched (the set cycles) so the run has >= this many steps
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     sync_bn: bool = True
     checkpoint_every: int = 1
@@ -199,11 +250,20 @@ class ExperimentConfig:
     images: str | None = None  # images root for train/val/test (default: each json's folder)
     methods: list[Literal["fpsiam", "simsiam"]] = dataclasses.field(default_factory=lambda: ["fpsiam", "simsiam"])
     inits: list[Literal["random", "imagenet"]] = dataclasses.field(default_factory=lambda: ["random", "imagenet"])
-    weights: list[str] = dataclasses.field(default_factory=list)  # "name=path/to/backbone.safetensors"
+    # "name=path/to/backbone.safetensors"; a "backbone.probe.jsonl" beside the file (probe rows, as a pretraining
+    # run's metrics.jsonl has) is drawn in the report's probe plot with the pretrained arms
+    weights: list[str] = dataclasses.field(default_factory=list)
     detectors: list[Literal["faster_rcnn", "retinanet"]] = dataclasses.field(
         default_factory=lambda: ["faster_rcnn", "retinanet"]
     )
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds
+    # Label-scarce axis: every arm x detector x seed is also fine-tuned on nested subsets of ``train`` holding these
+    # fractions of its images (written to OUT/labels/); [1.0]: the whole train set only.
+    label_fractions: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    label_seed: int | None = None  # the subsets' draw; null: each fine-tuning seed draws its own (nested) subsets
+    # Fine-tuning overrides for arms whose backbone was pretrained (methods, weights, imagenet), --set style, e.g.
+    # ["optim.backbone_lr_mult=0.5", "model.precise_bn=640"]; random init keeps the plain detect section.
+    transfer: list[str] = dataclasses.field(default_factory=list)
     average_last: int = 1  # report the mean of the last k per-epoch evaluations (when val is the test set)
     gradcam_images: int = 8  # test frames for the Grad-CAM comparison (0: skip)
     sample_images: int = 6  # test frames drawn with predicted vs true boxes (0: skip)
@@ -227,7 +287,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
         if not p.is_file():
             raise FpsiamError(f"{path}: config file not found; pass a YAML file (see configs/)")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = yaml_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
@@ -246,7 +306,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise FpsiamError(f"--set {item}: expected key=value, e.g. --set train.epochs=2")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text != "" else ""
+        value = yaml_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
     return key.strip(), value
@@ -265,12 +325,16 @@ def set_dotted(raw: dict, key: str, value: Any, cls: type, where: str) -> None:
 
 # Smallest allowed value of integer keys, by name (any section): a 0 here would divide by zero or loop never.
 # POSITIVE: number keys that must be > 0 when set (a negative clip norm would flip the gradients).
-POSITIVE = {"clip_grad_norm"}
+POSITIVE = {"clip_grad_norm", "backbone_lr_mult"}
+# UNIT: fractions that must lie in (0, 1].
+UNIT = {"holdout", "min_scale"}
+# PROBABILITY: keys that must lie in [0, 1].
+PROBABILITY = {"grayscale", "blur", "hflip"}
 MINIMUM = {
     "epochs": 1, "batch_size": 1, "checkpoint_every": 1, "checkpoint_steps": 1, "eval_every": 1, "log_every": 1,
     "keep_last": 1, "max_steps_per_epoch": 1, "average_last": 1, "min_size": 32, "max_size": 32,
     "test_proposals": 1, "roi_samples": 1, "size": 32, "workers": 0, "warmup_iters": 0, "gradcam_images": 0,
-    "sample_images": 0,
+    "sample_images": 0, "every": 1, "min_iters": 0, "precise_bn": 0,
 }  # fmt: skip
 
 
@@ -300,6 +364,10 @@ def _check_range(key: str, value: Any, where: str, dotted: str) -> None:
         raise FpsiamError(f"{where}: key '{dotted}': must be >= {low}, got {value}")
     if key in POSITIVE and not value > 0:
         raise FpsiamError(f"{where}: key '{dotted}': must be > 0 (or null: off), got {value}")
+    if key in UNIT and not 0 < value <= 1:
+        raise FpsiamError(f"{where}: key '{dotted}': must be in (0, 1], got {value}")
+    if key in PROBABILITY and not 0 <= value <= 1:
+        raise FpsiamError(f"{where}: key '{dotted}': a probability, must be in [0, 1], got {value}")
 
 
 def _type_name(tp: Any) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from fpsiam.config import ExperimentConfig, save_config, to_dict
+from fpsiam.config import DetectConfig, ExperimentConfig, from_dict, parse_override, save_config, set_dotted, to_dict
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_open, write_json
 from fpsiam.train import distributed as D
@@ -78,8 +78,16 @@ def check_config(cfg: ExperimentConfig, where: str) -> None:
             f"{where}: pretrain.model.backbone is {cfg.pretrain.model.backbone} but detect.model.arch is "
             f"{cfg.detect.model.arch}; the pretrained backbone must be the detector's"
         )
-    if not cfg.seeds or not cfg.detectors:
-        raise FpsiamError(f"{where}: 'seeds' and 'detectors' need at least one entry")
+    if not cfg.seeds or not cfg.detectors or not cfg.label_fractions:
+        raise FpsiamError(f"{where}: 'seeds', 'detectors' and 'label_fractions' need at least one entry")
+    for i, f in enumerate(cfg.label_fractions):
+        if not 0 < f <= 1:
+            raise FpsiamError(f"{where}: key 'label_fractions[{i}]': must be in (0, 1], got {f}")
+    for item in cfg.transfer:  # fails here, not hours later at the first pretrained arm
+        key, value = parse_override(item)
+        raw = to_dict(cfg.detect)
+        set_dotted(raw, key, value, DetectConfig, "transfer")
+        from_dict(DetectConfig, raw, f"{where}: transfer entry {item!r}", "detect.")
     names = set()
     for item in cfg.weights:
         if "=" not in item:
@@ -166,36 +174,67 @@ class Experiment:
                 return entry
         self.prune(run)
         summary = _read_json(run / "summary.json")
-        keys = ("global_step", "epoch", "loss", "loss_local", "loss_global", "collapse", "collapse_local",
-                "collapse_global")  # fmt: skip
+        keys = ("kind", "global_step", "epoch", "loss", "loss_local", "loss_global", "collapse", "collapse_local",
+                "collapse_global", "probe_linear", "probe_linear_std", "probe_knn", "probe_knn_std")  # fmt: skip
         curve = [{k: r[k] for k in keys if k in r} for r in _jsonl(run / "metrics.jsonl")]
         entry.update(status="done", reason=None, seconds=summary.get("seconds_this_process"), curve=curve,
                      backbone=str((run / "backbone.safetensors").relative_to(self.out)), final=summary.get("final"),
-                     peak_rss_mb=summary.get("peak_rss_mb"))  # fmt: skip
+                     peak_rss_mb=summary.get("peak_rss_mb"), probe=summary.get("probe"))  # fmt: skip
         return entry
 
     # ------------------------------------------------------------------ fine-tuning + test evaluation
-    def finetune(self, arm: str, backbone: str, weights_file: str | None, detector: str, seed: int) -> dict[str, Any]:
+    def detect_config(self, backbone: str) -> DetectConfig:
+        """The detect section, with the ``transfer`` overrides when the backbone was pretrained (not random)."""
+        if backbone == "random" or not self.cfg.transfer:
+            return copy.deepcopy(self.cfg.detect)
+        raw = to_dict(self.cfg.detect)
+        for item in self.cfg.transfer:
+            key, value = parse_override(item)
+            set_dotted(raw, key, value, DetectConfig, "transfer")
+        return from_dict(DetectConfig, raw, "transfer", "detect.")
+
+    def label_set(self, labels: float, seed: int) -> str:
+        """The train json of a label fraction: the whole train set, or its nested subset (written once)."""
+        if labels == 1.0:
+            return self.cfg.train
+        from fpsiam.data.check import label_subsets, labels_name
+
+        draw = self.cfg.label_seed if self.cfg.label_seed is not None else seed
+        folder = self.out / "labels" / (f"seed{draw}" if self.cfg.label_seed is None else "fixed")
+        path = folder / f"{labels_name(labels)}.json"
+        if self.env.is_main and not path.is_file():
+            label_subsets(Path(self.cfg.train), folder, self.cfg.label_fractions, draw, images=self.cfg.images)
+        D.barrier(self.env)
+        return str(path)
+
+    def finetune(
+        self, arm: str, backbone: str, weights_file: str | None, detector: str, seed: int, labels: float = 1.0
+    ) -> dict[str, Any]:
+        from fpsiam.data.check import labels_name
         from fpsiam.detect.train import train_detector
 
-        run = self.out / "detect" / arm / detector / f"seed{seed}"
+        run = self.out / "detect" / arm / detector
+        if self.cfg.label_fractions != [1.0]:
+            run = run / labels_name(labels)
+        run = run / f"seed{seed}"
         entry: dict[str, Any] = {
             "arm": arm,
             "detector": detector,
             "seed": seed,
+            "labels": labels,
             "run_dir": str(run.relative_to(self.out)),
         }
         try:
             if (run / "results.json").is_file():
                 self.log(f"[{arm} {detector} seed {seed}] trained before; skipping")
             else:
-                cfg = copy.deepcopy(self.cfg.detect)
+                cfg = self.detect_config(backbone)
                 cfg.model.kind = detector
                 cfg.model.backbone = backbone
                 cfg.model.weights_file = weights_file
                 cfg.train.seed = seed
                 cfg.data.train, cfg.data.val, cfg.data.images = (
-                    self.cfg.train,
+                    self.label_set(labels, seed),
                     self.cfg.val or self.cfg.test,
                     self.cfg.images,
                 )
@@ -227,6 +266,7 @@ class Experiment:
         entry.update(
             status="done", reason=None, metrics=metrics, metrics_source=source, clinical=test["clinical"],
             history=history, speed=test["speed"], best_val=results["best"], init=results.get("init"),
+            grad_norm=results.get("grad_norm"), train_images=results.get("train_images"),
         )  # fmt: skip
         return entry
 
@@ -331,23 +371,31 @@ class Experiment:
         for item in cfg.weights:
             name, path = item.split("=", 1)
             arms.append((name, path, None, None))
+            probe_rows = _jsonl(Path(path).with_suffix(".probe.jsonl"))  # an external arm's probe curve, if kept
+            if probe_rows:
+                pretrain[name] = {"status": "done", "external": True, "curve": probe_rows, "run_dir": None}
 
-        # Seed-major order: a study stopped early (or still running) has every arm at the seeds done so far.
-        by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
+        # Seed-major order (then fewest labels first): a study stopped early (or still running) has every arm at
+        # the seeds done so far.
+        fractions = sorted(cfg.label_fractions)
+        by_key: dict[tuple[str, str, float, int], dict[str, Any]] = {}
         for seed in cfg.seeds:
-            for name, backbone, weights_file, skip in arms:
-                for detector in cfg.detectors:
-                    if skip:
-                        status = "failed" if skip.startswith("pretraining failed") else "skipped"
-                        entry = {"arm": name, "detector": detector, "seed": seed, "status": status, "reason": skip}
-                    else:
-                        entry = self.finetune(name, backbone, weights_file, detector, seed)
-                    by_key[name, detector, seed] = entry
-        runs = [by_key[a[0], d, s] for a in arms for d in cfg.detectors for s in cfg.seeds]
+            for labels in fractions:
+                for name, backbone, weights_file, skip in arms:
+                    for detector in cfg.detectors:
+                        if skip:
+                            status = "failed" if skip.startswith("pretraining failed") else "skipped"
+                            entry = {"arm": name, "detector": detector, "seed": seed, "labels": labels,
+                                     "status": status, "reason": skip}  # fmt: skip
+                        else:
+                            entry = self.finetune(name, backbone, weights_file, detector, seed, labels)
+                        by_key[name, detector, labels, seed] = entry
+        runs = [by_key[a[0], d, f, s] for f in fractions for a in arms for d in cfg.detectors for s in cfg.seeds]
         gradcam: dict[str, Any] = {}
         if self.env.is_main:
             for entry in runs:
-                if entry["status"] == "done" and entry["seed"] == cfg.seeds[0] and cfg.sample_images > 0:
+                first = entry["seed"] == cfg.seeds[0] and entry.get("labels", 1.0) == fractions[-1]
+                if entry["status"] == "done" and first and cfg.sample_images > 0:
                     try:
                         entry["samples"] = self.samples(entry, cfg.sample_images)
                     except Exception as e:  # noqa: BLE001 - pictures are optional
@@ -367,6 +415,7 @@ class Experiment:
             "command": self.command,
             "config": to_dict(cfg),
             "detectors": list(cfg.detectors),
+            "label_fractions": fractions,
             "arms": [a[0] for a in arms],
             "val_is_test": cfg.val in (None, cfg.test),
             "runs": runs,

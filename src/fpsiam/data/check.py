@@ -283,18 +283,7 @@ def split_annotations(
             raise FpsiamError(f"--fractions {fractions}: three non-negative numbers (train val test)")
         if abs(sum(fractions) - 1) > 1e-6:
             raise FpsiamError(f"--fractions {' '.join(f'{f:g}' for f in fractions)}: must sum to 1")
-        groups: dict[str, list[int]] = {}
-        for im in data["images"]:
-            if by == "image":
-                key = str(im["id"])
-            elif im.get("video_id") is None:
-                raise FpsiamError(
-                    f"{ann}: image {im['id']} ({im['file_name']}) has no video_id; use --by image, or convert "
-                    "with --video-pattern to give frames their video"
-                )
-            else:
-                key = str(im["video_id"])
-            groups.setdefault(key, []).append(im["id"])
+        groups = _groups(data, ann, by)
         active = sum(f > 0 for f in fractions)
         if len(groups) < active:
             unit = "videos" if by == "video" else "images"
@@ -315,6 +304,69 @@ def split_annotations(
         out = out_dir / f"{name}.json"
         written[name] = out
         save_coco(out, _subset(data, image_ids, root, out, name))
+    return written
+
+
+def _groups(data: dict, ann: Path, by: str) -> dict[str, list[int]]:
+    """Image ids per group: per video (``by="video"``; every image needs a ``video_id``) or per image."""
+    groups: dict[str, list[int]] = {}
+    for im in data["images"]:
+        if by == "image":
+            key = str(im["id"])
+        elif im.get("video_id") is None:
+            raise FpsiamError(
+                f"{ann}: image {im['id']} ({im['file_name']}) has no video_id; use --by image, or convert "
+                "with --video-pattern to give frames their video"
+            )
+        else:
+            key = str(im["video_id"])
+        groups.setdefault(key, []).append(im["id"])
+    return groups
+
+
+def labels_name(fraction: float) -> str:
+    """File stem of a label subset: ``labels10`` for 0.1, ``labels2.5`` for 0.025, ``labels100`` for 1."""
+    return f"labels{round(100 * fraction, 4):g}"
+
+
+def label_subsets(
+    ann: Path, out_dir: Path, fractions: list[float], seed: int = 0, by: str = "auto", images: str | None = None
+) -> dict[float, Path]:
+    """Nested subsets of a labeled set: ``out_dir/labels<pct>.json`` for each fraction (label-scarce studies).
+
+    Whole groups (videos, or images when ``by="image"``; ``"auto"``: videos when every image has a ``video_id``)
+    are shuffled once with ``seed``; the subset of fraction f is the shortest prefix of that order holding at
+    least round(f x images) images. Prefixes of one order, so a smaller subset is always inside a larger one.
+    Returns ``{fraction: written file}``; fractions must lie in (0, 1] and no subset may be empty.
+    """
+    ann, out_dir = Path(ann), Path(out_dir)
+    for f in fractions:
+        if not (isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1):
+            raise FpsiamError(f"label fraction {f!r}: must be in (0, 1] (e.g. 0.1 for 10 % of the labels)")
+    data = load_coco(ann)
+    if by == "auto":
+        by = "video" if data["images"] and all(im.get("video_id") is not None for im in data["images"]) else "image"
+    groups = _groups(data, ann, by)
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    total = len(data["images"])
+    root = image_root(ann, images)
+    written: dict[float, Path] = {}
+    for f in sorted(set(fractions)):
+        want = round(f * total)
+        if want < 1:
+            raise FpsiamError(
+                f"{ann}: label fraction {f:g} of {total} images is {f * total:.2f} images, an empty subset; "
+                "use a larger fraction"
+            )
+        chosen: set[int] = set()
+        for name in order:
+            if len(chosen) >= want:
+                break
+            chosen.update(groups[name])
+        out = out_dir / f"{labels_name(f)}.json"
+        save_coco(out, _subset(data, chosen, root, out, labels_name(f)))
+        written[f] = out
     return written
 
 

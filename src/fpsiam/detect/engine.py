@@ -70,7 +70,7 @@ def train_one_epoch(
         images, targets = to_device(images, targets, device)
         lr = lr_at(iteration)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             losses = model(images, targets)
         names = sorted(losses)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -51,7 +52,8 @@ from torchvision.models import resnet
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
@@ -123,6 +125,13 @@ RETINA_SETTINGS = {
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
 
+# Normalisation in the FPN and the heads. "gn": GroupNorm with 32 groups, as torchvision's v2 detectors and
+# detectron2's GN recipes; batch-size independent, so it behaves the same at a CPU batch of 4 as on GPUs.
+HEAD_NORMS = ("none", "gn")
+GN_GROUPS = 32
+# Faster R-CNN with head_norm="gn": the box head becomes 4 conv (GN) + 1 FC, torchvision's fasterrcnn v2 head.
+GN_BOX_CONVS = 4
+
 FILE_FORMAT = "fpsiam-detector/1"
 META_KEY = "fpsiam_detector"
 
@@ -139,6 +148,7 @@ class DetectorSpec:
     box_loss: str = "l1"
     test_proposals: int = 1000  # Faster R-CNN: RPN proposals kept before/after NMS at test time (recipe: 1000)
     roi_samples: int = 512  # Faster R-CNN: RoIs sampled per image for the box head in training (recipe: 512)
+    head_norm: str = "none"  # "gn": GroupNorm in the FPN and the heads (a transfer recipe; the paper: none)
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -151,6 +161,8 @@ class DetectorSpec:
             raise FpsiamError(f"num_classes={self.num_classes}: need at least 2 (background + polyp)")
         if self.test_proposals < 1 or self.roi_samples < 1:
             raise FpsiamError(f"test_proposals={self.test_proposals}, roi_samples={self.roi_samples}: need >= 1")
+        if self.head_norm not in HEAD_NORMS:
+            raise FpsiamError(f"head_norm '{self.head_norm}': expected one of {', '.join(HEAD_NORMS)}")
         if self.min_size < 32 or self.max_size < self.min_size:
             raise FpsiamError(f"min_size={self.min_size}, max_size={self.max_size}: need 32 <= min_size <= max_size")
 
@@ -218,7 +230,12 @@ def init_resnet(net: resnet.ResNet, arch: str, init: str, weights_file: str | No
     return str(init_backbone(net, arch, init, weights_file))
 
 
-def resnet_fpn(net: resnet.ResNet, arch: str, kind: str) -> ResNetFPN:
+def head_norm_layer(head_norm: str) -> Callable[[int], nn.Module] | None:
+    """The normalisation layer the FPN and heads use: None (the paper's recipe) or GroupNorm(32, C)."""
+    return functools.partial(nn.GroupNorm, GN_GROUPS) if head_norm == "gn" else None
+
+
+def resnet_fpn(net: resnet.ResNet, arch: str, kind: str, head_norm: str = "none") -> ResNetFPN:
     """Wrap a ResNet into the detector's FPN: C2..C5 + max-pool P6 (Faster R-CNN), C3..C5 + P6/P7 (RetinaNet)."""
     channels = STAGE_CHANNELS[arch]
     if kind == "faster_rcnn":
@@ -230,7 +247,8 @@ def resnet_fpn(net: resnet.ResNet, arch: str, kind: str) -> ResNetFPN:
         extra = LastLevelP6P7(channels[3], FPN_CHANNELS)
     return_layers = {f"layer{s}": str(i) for i, s in enumerate(stages)}
     in_channels = [channels[s - 1] for s in stages]
-    return ResNetFPN(net, return_layers, in_channels, FPN_CHANNELS, extra_blocks=extra)
+    return ResNetFPN(net, return_layers, in_channels, FPN_CHANNELS, extra_blocks=extra,
+                     norm_layer=head_norm_layer(head_norm))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ L1 box loss (Faster R-CNN)
@@ -303,7 +321,11 @@ def _faster_rcnn(backbone: ResNetFPN, spec: DetectorSpec) -> FasterRCNN:
     anchors = AnchorGenerator(FRCNN_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(FRCNN_ANCHOR_SIZES))
     rpn_head = RPNHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0])
     roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=ROI_OUTPUT_SIZE, sampling_ratio=ROI_SAMPLING_RATIO)
-    box_head = TwoMLPHead(FPN_CHANNELS * ROI_OUTPUT_SIZE**2, REPRESENTATION_SIZE)
+    if spec.head_norm == "none":
+        box_head: nn.Module = TwoMLPHead(FPN_CHANNELS * ROI_OUTPUT_SIZE**2, REPRESENTATION_SIZE)
+    else:
+        box_head = FastRCNNConvFCHead((FPN_CHANNELS, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE), [FPN_CHANNELS] * GN_BOX_CONVS,
+                                      [REPRESENTATION_SIZE], norm_layer=head_norm_layer(spec.head_norm))  # fmt: skip
     predictor = FastRCNNPredictor(REPRESENTATION_SIZE, spec.num_classes)
     model = FasterRCNN(
         backbone,
@@ -329,10 +351,13 @@ def _faster_rcnn(backbone: ResNetFPN, spec: DetectorSpec) -> FasterRCNN:
 
 def _retinanet(backbone: ResNetFPN, spec: DetectorSpec) -> RetinaNet:
     anchors = AnchorGenerator(RETINA_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(RETINA_ANCHOR_SIZES))
+    head = RetinaNetHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0], spec.num_classes,
+                         norm_layer=head_norm_layer(spec.head_norm))  # fmt: skip
     model = RetinaNet(
         backbone,
         num_classes=spec.num_classes,
         anchor_generator=anchors,
+        head=head,
         **RETINA_SETTINGS,
         **_transform_kwargs(spec),
     )
@@ -351,6 +376,7 @@ def build_detector(
     box_loss: BoxLoss = "l1",
     test_proposals: int = 1000,
     roi_samples: int = 512,
+    head_norm: str = "none",
 ) -> nn.Module:
     """Build a torchvision FasterRCNN or RetinaNet with the recipe of DESIGN §2.
 
@@ -362,12 +388,12 @@ def build_detector(
     The returned model carries ``model.fpsiam_spec`` (:class:`DetectorSpec`) and ``model.init_message``
     (what was loaded into the backbone, in words) for :func:`describe` and :func:`save_detector`.
     """
-    spec = DetectorSpec(kind, arch, min_size, max_size, num_classes, box_loss, test_proposals, roi_samples)
+    spec = DetectorSpec(kind, arch, min_size, max_size, num_classes, box_loss, test_proposals, roi_samples, head_norm)
     spec.check()
     net = build_resnet(arch)
     message = init_resnet(net, arch, init, weights_file)
     freeze_stem(net)
-    backbone = resnet_fpn(net, arch, kind)
+    backbone = resnet_fpn(net, arch, kind, head_norm)
     model = _faster_rcnn(backbone, spec) if kind == "faster_rcnn" else _retinanet(backbone, spec)
     model.fpsiam_spec = spec
     model.init_message = message
@@ -407,6 +433,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
     info: dict[str, Any] = {
         "kind": spec.kind,
         "arch": spec.arch,
+        "head_norm": spec.head_norm,
         "num_classes": spec.num_classes,
         "box_loss": spec.box_loss,
         "init": getattr(model, "init_message", ""),
@@ -457,7 +484,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
             "featmap_names": list(roi.box_roi_pool.featmap_names),
             "output_size": list(roi.box_roi_pool.output_size),
             "sampling_ratio": roi.box_roi_pool.sampling_ratio,
-            "representation_size": roi.box_head.fc7.out_features,
+            "representation_size": [m for m in roi.box_head.modules() if isinstance(m, nn.Linear)][-1].out_features,
             "batch_size_per_image": roi.fg_bg_sampler.batch_size_per_image,
             "positive_fraction": roi.fg_bg_sampler.positive_fraction,
             "loss": type(roi).__name__,
@@ -553,7 +580,7 @@ def load_detector(
             raise FpsiamError(f"{path}: a {info.get(key)} model file, but {want} was requested; pass a {want} model")
     fields = {f.name for f in dataclasses.fields(DetectorSpec)}
     try:
-        optional = {"test_proposals", "roi_samples"}  # added later: older model files lack them
+        optional = {"test_proposals", "roi_samples", "head_norm"}  # added later: older model files lack them
         spec = DetectorSpec(**{k: info[k] for k in fields if k in info or k not in optional})
     except KeyError as e:
         raise FpsiamError(f"{path}: detector metadata lacks {e}; the file is damaged") from None
@@ -562,7 +589,7 @@ def load_detector(
     except FpsiamError as e:
         raise FpsiamError(f"{path}: {e}") from None
     model = build_detector(spec.kind, spec.arch, "random", None, spec.min_size, spec.max_size, spec.num_classes,
-                           spec.box_loss, spec.test_proposals, spec.roi_samples)  # fmt: skip
+                           spec.box_loss, spec.test_proposals, spec.roi_samples, spec.head_norm)  # fmt: skip
     state = load_file(str(path))
     _check_state_dict(path, spec, model.state_dict(), state)
     model.load_state_dict(state, strict=True)

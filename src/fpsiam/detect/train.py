@@ -13,6 +13,7 @@ Same engine properties as pretraining: torchrun/DDP, AMP on GPU, atomic checkpoi
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from fpsiam.train.checkpoint import (
     set_rng_state,
 )
 from fpsiam.train.metrics import MetricsLog
+from fpsiam.train.precise_bn import precise_bn
 from fpsiam.train.sampling import ResumableSampler, SeededSamples
 
 CHECKPOINT_FORMAT = "fpsiam-detect-v1"
@@ -57,7 +59,48 @@ class DetectResult:
 
 def model_meta(cfg: DetectConfig) -> dict[str, Any]:
     m = cfg.model
-    return {"kind": m.kind, "arch": m.arch, "min_size": m.min_size, "max_size": m.max_size, "backbone": m.backbone}
+    return {"kind": m.kind, "arch": m.arch, "min_size": m.min_size, "max_size": m.max_size, "backbone": m.backbone,
+            "head_norm": m.head_norm}  # fmt: skip
+
+
+def param_groups(model: torch.nn.Module, backbone_lr_mult: float) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: the backbone (lr x ``backbone_lr_mult``) and the rest (FPN, heads)."""
+    body = {id(p) for p in model.backbone.body.parameters()}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for _, p in trainable if id(p) in body], "lr_mult": backbone_lr_mult, "name": "backbone"},
+        {"params": [p for _, p in trainable if id(p) not in body], "lr_mult": 1.0, "name": "neck+heads"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def precise_backbone_bn(model: torch.nn.Module, dataset: CocoDetection, images: int, batch_size: int) -> int:
+    """Re-estimate the backbone's BN statistics on the first ``images`` frames of ``dataset`` (precise BN).
+
+    The frames go through the detector's own resize and normalisation (``model.transform``), without flips; every
+    BatchNorm of the backbone body is re-estimated (the frozen stem's too: its statistics stay fixed afterwards).
+    Returns the number of frames used.
+    """
+    body, n = model.backbone.body, min(images, len(dataset))
+    device = next(model.parameters()).device
+
+    def batches():
+        for i in range(0, n, batch_size):
+            frames = [dataset[j][0].to(device) for j in range(i, min(n, i + batch_size))]
+            yield model.transform(frames)[0].tensors
+
+    precise_bn(body, batches())
+    return n
+
+
+def grad_norm_summary(norms: list[float]) -> dict[str, float]:
+    """Median, 99th percentile and max of the per-step gradient norms (before clipping): the spikes, in numbers."""
+    finite = sorted(v for v in norms if math.isfinite(v))
+    if not finite:
+        return {}
+    pick = lambda q: finite[min(len(finite) - 1, int(q * len(finite)))]  # noqa: E731
+    return {"median": pick(0.5), "p99": pick(0.99), "max": finite[-1], "steps": len(finite),
+            "over_10": sum(v > 10 for v in finite)}  # fmt: skip
 
 
 def train_detector(cfg: DetectConfig, run_dir: str | Path, resume: bool = False, env: D.DistEnv | None = None):
@@ -96,7 +139,8 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
             f"(batch {t.batch_size} x {env.world_size} processes); lower train.batch_size"
         )
     seeded = SeededSamples(train_set, seed=t.seed)
-    sampler = ResumableSampler(seeded, env.world_size, env.rank, seed=t.seed)
+    min_samples = -(-t.min_iters // t.epochs) * global_batch  # a short set: each epoch cycles it to this many
+    sampler = ResumableSampler(seeded, env.world_size, env.rank, seed=t.seed, min_samples=min_samples)
     steps_per_epoch = len(sampler) // t.batch_size
     if t.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
@@ -106,17 +150,18 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
         cfg.model.kind, cfg.model.arch, init=cfg.model.backbone, weights_file=cfg.model.weights_file,
         min_size=cfg.model.min_size, max_size=cfg.model.max_size, box_loss=cfg.model.box_loss,
         test_proposals=cfg.model.test_proposals,
-        roi_samples=cfg.model.roi_samples,
+        roi_samples=cfg.model.roi_samples, head_norm=cfg.model.head_norm,
     )  # fmt: skip
     init_msg = getattr(model, "init_message", "")
     base_lr = cfg.optim.lr * global_batch / 8
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    groups = param_groups(model, cfg.optim.backbone_lr_mult)
+    optimizer = torch.optim.SGD(groups, lr=base_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     dtype = D.autocast_dtype(t.amp, env.device)
     scaler = torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None
 
     epoch, step_in_epoch, global_step = 0, 0, 0
     history: list[dict[str, Any]] = []
+    grad_norms: list[float] = []  # every step's (pre-clip) gradient norm: the spikes of the transfer
     existing = latest_checkpoint(run_dir)
     if existing is not None and not resume:
         raise FpsiamError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, or a new -o RUN_DIR")
@@ -135,8 +180,13 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
             scaler.load_state_dict(ckpt["scaler"])
         epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         history = list(ckpt["history"])
+        grad_norms = list(ckpt.get("grad_norms", []))
         set_rng_state(ckpt["rng"])
         log(f"resumed from {existing} (epoch {epoch}, step {step_in_epoch} of it)")
+    elif cfg.model.precise_bn:
+        plain = CocoDetection(d.train, d.images, detection_transforms(False), keep_negatives=d.keep_negatives)
+        used = precise_backbone_bn(model.to(env.device), plain, cfg.model.precise_bn, t.batch_size)
+        init_msg += f"; precise BN: backbone statistics re-estimated on {used} train images"
 
     model = D.prepare_model(model, env, sync_bn=t.sync_bn)
     core = D.unwrap(model)
@@ -159,7 +209,7 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
                 "format": CHECKPOINT_FORMAT, **model_meta(cfg), "model": core.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                 "epoch": next_epoch, "step_in_epoch": next_step, "global_step": global_step,
-                "history": history, "rng": rng_state(), "config": to_dict(cfg),
+                "history": history, "grad_norms": grad_norms, "rng": rng_state(), "config": to_dict(cfg),
             }  # fmt: skip
             save_checkpoint(state, checkpoint_path(run_dir, global_step), keep_last=t.keep_last)
 
@@ -171,6 +221,7 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
     def on_step(iteration: int, values: dict[str, float]) -> None:
         nonlocal global_step
         global_step = iteration
+        grad_norms.append(values["grad_norm"])
         live["bar"].update(1)
         live["bar"].set_postfix(loss=f"{values['loss']:.3f}")
         if iteration % t.log_every == 0:
@@ -231,8 +282,8 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
         best_path = run_dir / "best.safetensors"
         metrics.write_csv()
         write_json(run_dir / "results.json", {
-            "model": model_meta(cfg), "init": init_msg, "best": best_of(evaluated),
-            "last": evaluated[-1] if evaluated else {}, "history": history,
+            "model": model_meta(cfg), "init": init_msg, "best": best_of(evaluated), "train_images": len(train_set),
+            "last": evaluated[-1] if evaluated else {}, "history": history, "grad_norm": grad_norm_summary(grad_norms),
             "note": "best = best val mAP epoch (model best.safetensors); last = final epoch (last.safetensors)",
         })  # fmt: skip
     D.barrier(env)

@@ -4,7 +4,9 @@ The report answers the study's question — does self-supervised pretraining on 
 frames beat ImageNet or random init for a detector? — with the comparison table in the layout of the
 paper's Table 3 (rows = arms, column groups = detectors, mAP / AP50 / AP75 in %, mean ± std over seeds,
 best per column in bold), then the clinical metrics, the pretraining and fine-tuning curves, PR curves,
-sample predictions and Grad-CAM views.
+sample predictions and Grad-CAM views. When the runs were fine-tuned on more than one fraction of the train
+labels, the tables get a ``labels`` column (one row per arm and fraction) and a label-efficiency plot
+follows the table; the per-epoch, PR and sample views then show the runs at the largest fraction.
 
 Self-contained: inline CSS, every image a ``data:image/png;base64,...`` URI, no scripts, fonts or links
 outside the file, so it opens in a browser from disk with no server. All text from ``results`` is
@@ -14,9 +16,13 @@ shown as a note. The ``results`` schema is the one the experiment runner writes 
 
 - ``title``, ``created``, ``machine``, ``command``, ``config``;
 - ``arms`` (rows, in order), ``detectors`` (column groups, in order);
-- ``runs``: ``{"arm", "detector", "seed", "status": "done"|"failed"|"skipped", "reason", "metrics": {"mAP",
-  "AP50", "AP75", ...} (COCO, 0..1, -1 = undefined), "metrics_source", "clinical", "history", "samples"}``;
-- ``pretrain``: ``{arm: {"status", "reason", "seconds", "curve": [...]}}``;
+- ``label_fractions``: the fractions of the train labels fine-tuned on, in (0, 1] (absent: [1.0]);
+- ``runs``: ``{"arm", "detector", "seed", "labels" (fraction, absent: 1.0), "train_images", "status":
+  "done"|"failed"|"skipped", "reason", "metrics": {"mAP", "AP50", "AP75", ...} (COCO, 0..1, -1 = undefined),
+  "metrics_source", "clinical", "history", "samples"}``;
+- ``pretrain``: ``{arm: {"status", "reason", "seconds", "curve": [...]}}``; the curve's rows are steps
+  (``global_step``, ``loss``, ``collapse``, ...) and probes (``{"kind": "probe", "epoch", "global_step",
+  "probe_linear", "probe_knn", ...}``, accuracies 0..1);
 - ``gradcam``: ``{arm: {"energy_in_box", "peak_in_box", "chance", "n", "images": [...]}}``;
 - ``reference``: ``[{"arm", "detector", "mAP", "AP50", "AP75", "note"}]``.
 """
@@ -27,7 +33,6 @@ import base64
 import html
 import json
 import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -37,13 +42,23 @@ import yaml
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_open
 from fpsiam.report import plots
-from fpsiam.report.plots import number
+from fpsiam.report.plots import (
+    _mean_std,
+    _metric,
+    _order,
+    curve_rows,
+    label_fractions,
+    number,
+    percent,
+    runs_by,
+)
 
 TABLE_METRICS = ("mAP", "AP50", "AP75")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 GRID_CELL = "320px"  # widest image in the sample / Grad-CAM grids (narrower when many share a row)
 REASON_CHARS = 300  # a failure reason longer than this is cut in the table (the full text is its tooltip)
+LABEL_EFFICIENCY_PNG = "label_efficiency.png"  # written beside the report when there are 2+ label fractions
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -77,90 +92,74 @@ details summary { cursor: pointer; font-weight: 600; }
 # ------------------------------------------------------------------------------------ summary table
 
 
-def _metric(run: dict[str, Any], key: str) -> float | None:
-    """A run's test metric, or None when missing, non-finite or undefined (COCO writes -1)."""
-    metrics = run.get("metrics")
-    x = number(metrics.get(key)) if isinstance(metrics, dict) else None
-    return x if x is not None and x >= 0 else None
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample std (ddof=1); std is None with fewer than two values."""
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) >= 2 else None)
-
-
-def _runs(results: dict[str, Any]) -> list[dict[str, Any]]:
-    runs = results.get("runs")
-    if runs is None:
-        return []
-    if not isinstance(runs, list):
-        raise FpsiamError("results: 'runs' must be a list of run records")
-    return [r for r in runs if isinstance(r, dict)]
-
-
-def _order(results: dict[str, Any], key: str, run_key: str) -> list[str]:
-    """``results[key]`` in its order, then any value only the runs mention (so nothing is dropped)."""
-    given = results.get(key)
-    order = [str(x) for x in given] if isinstance(given, list) else []
-    for run in _runs(results):
-        name = str(run.get(run_key))
-        if name not in order:
-            order.append(name)
-    return order
+def _summary_row(arm: str, det: str, labels: float, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    done = [r for r in runs if r.get("status") == "done"]
+    row: dict[str, Any] = {
+        "arm": arm,
+        "detector": det,
+        "labels": labels,
+        "n": len(done),
+        "seeds": [r.get("seed") for r in done],
+        "failures": [
+            {"seed": r.get("seed"), "status": str(r.get("status")), "reason": r.get("reason")}
+            for r in runs
+            if r.get("status") != "done"
+        ],
+    }
+    sources = []
+    for r in done:
+        s = r.get("metrics_source")
+        if s and str(s) not in sources:
+            sources.append(str(s))
+    row["metrics_source"] = "; ".join(sources) or None
+    for key in TABLE_METRICS:
+        values = [v for v in (_metric(r, key) for r in done) if v is not None]
+        mean, std = _mean_std(values)
+        row[key] = {"mean": mean, "std": std, "n": len(values), "best": False}
+    return row
 
 
 def summary_table(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The comparison table's cells: one record per arm × detector, in ``arms`` × ``detectors`` order.
+    """The comparison table's cells: one record per label fraction × arm × detector, in that order.
 
-    Over the runs of that arm and detector whose status is "done", for each of mAP / AP50 / AP75 (0..1):
-    ``{"mean", "std", "n", "best"}`` — mean, sample std (ddof=1; None with one value), the number of
-    seeds with a defined value, and whether it is the highest mean in its column (detector × metric;
-    ties are all marked; a column with no value marks nothing). A value that is missing, NaN or -1
-    (COCO's "undefined") is left out of its metric. Each record also has ``arm``, ``detector``, ``n``
-    (runs done), ``seeds`` (their seeds), ``failures`` (``[{"seed", "status", "reason"}]`` for runs
-    not done: failed or skipped) and ``metrics_source`` (the distinct sources of the done runs, joined
-    by "; "; None if none says).
+    Over the runs of that arm, detector and label fraction whose status is "done", for each of mAP / AP50 /
+    AP75 (0..1): ``{"mean", "std", "n", "best"}`` — mean, sample std (ddof=1; None with one value), the
+    number of seeds with a defined value, and whether it is the highest mean in its column (detector × metric,
+    among the records of the same label fraction; ties are all marked; a column with no value marks nothing).
+    A value that is missing, NaN or -1 (COCO's "undefined") is left out of its metric. Each record also has
+    ``arm``, ``detector``, ``labels`` (the fraction; 1.0 for runs that do not say), ``n`` (runs done),
+    ``seeds`` (their seeds), ``failures`` (``[{"seed", "status", "reason"}]`` for runs not done: failed or
+    skipped) and ``metrics_source`` (the distinct sources of the done runs, joined by "; "; None if none says).
     """
-    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for run in _runs(results):
-        by[(str(run.get("arm")), str(run.get("detector")))].append(run)
-    rows = []
-    for arm in _order(results, "arms", "arm"):
-        for det in _order(results, "detectors", "detector"):
-            runs = by.get((arm, det), [])
-            done = [r for r in runs if r.get("status") == "done"]
-            row: dict[str, Any] = {
-                "arm": arm,
-                "detector": det,
-                "n": len(done),
-                "seeds": [r.get("seed") for r in done],
-                "failures": [
-                    {"seed": r.get("seed"), "status": str(r.get("status")), "reason": r.get("reason")}
-                    for r in runs
-                    if r.get("status") != "done"
-                ],
-            }
-            sources = []
-            for r in done:
-                s = r.get("metrics_source")
-                if s and str(s) not in sources:
-                    sources.append(str(s))
-            row["metrics_source"] = "; ".join(sources) or None
-            for key in TABLE_METRICS:
-                values = [v for v in (_metric(r, key) for r in done) if v is not None]
-                mean, std = _mean_std(values)
-                row[key] = {"mean": mean, "std": std, "n": len(values), "best": False}
-            rows.append(row)
-    for det in {r["detector"] for r in rows}:
+    by = runs_by(results)
+    rows = [
+        _summary_row(arm, det, labels, by.get((arm, det, labels), []))
+        for labels in label_fractions(results)
+        for arm in _order(results, "arms", "arm")
+        for det in _order(results, "detectors", "detector")
+    ]
+    for det, labels in {(r["detector"], r["labels"]) for r in rows}:
         for key in TABLE_METRICS:
-            cells = [r[key] for r in rows if r["detector"] == det and r[key]["mean"] is not None]
+            cells = [
+                r[key] for r in rows if (r["detector"], r["labels"]) == (det, labels) and r[key]["mean"] is not None
+            ]
             if cells:
                 top = max(c["mean"] for c in cells)
                 for c in cells:
                     c["best"] = math.isclose(c["mean"], top, rel_tol=1e-12, abs_tol=1e-15)
     return rows
+
+
+def labels_note(results: dict[str, Any]) -> str:
+    """The note under a table with a labels column: what the column means, and the train-set size per
+    fraction when the runs say (their ``train_images``), e.g. "(10 % = 88, 100 % = 880 train images)".
+    """
+    sizes: dict[float, set[int]] = defaultdict(set)
+    for (_, _, labels), runs in runs_by(results).items():
+        sizes[labels].update(int(n) for n in (number(r.get("train_images")) for r in runs) if n is not None)
+    parts = [f"{percent(f)} = {'/'.join(str(n) for n in sorted(sizes[f]))}" for f in sorted(sizes) if sizes[f]]
+    note = "labels = the share of the train set's labels the detector was fine-tuned on"
+    return note + (f" ({', '.join(parts)} train images)." if parts else ".")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -249,42 +248,28 @@ def _failure_text(failures: list[dict[str, Any]]) -> tuple[str, str]:
     return _cut(full), full
 
 
-def _results_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _results_table(results: dict[str, Any], rows: list[dict[str, Any]], efficiency: bytes | None = None) -> str:
     arms = _order(results, "arms", "arm")
     detectors = _order(results, "detectors", "detector")
     if not arms or not detectors:
         return '<p class="note">No runs in the results.</p>'
-    cell = {(r["arm"], r["detector"]): r for r in rows}
+    fractions = label_fractions(results)
+    multi = len(fractions) > 1
+    cell = {(r["arm"], r["detector"], r["labels"]): r for r in rows}
     counts = [r["n"] for r in rows if r["n"]]
     common_n = max(set(counts), key=counts.count) if counts else 0
-    head1 = '<tr><th class="arm" rowspan="2">method</th>' + "".join(
-        f'<th colspan="{len(TABLE_METRICS)}">{esc(d)}</th>' for d in detectors
+    head1 = (
+        '<tr><th class="arm" rowspan="2">method</th>'
+        + ('<th rowspan="2">labels</th>' if multi else "")
+        + "".join(f'<th colspan="{len(TABLE_METRICS)}">{esc(d)}</th>' for d in detectors)
     )
     head2 = "<tr>" + "".join(f'<th class="metric">{m}</th>' for _ in detectors for m in TABLE_METRICS)
     body = []
-    for arm in arms:
-        tds = [f'<td class="arm">{esc(arm)}</td>']
-        for det in detectors:
-            row = cell[(arm, det)]
-            if row["n"] == 0:
-                if row["failures"]:
-                    short, full = _failure_text(row["failures"])
-                    tds.append(f'<td class="failed" colspan="3" title="{esc(full)}">{esc(short)}</td>')
-                else:
-                    tds.append('<td class="failed" colspan="3">not run</td>')
-                continue
-            for key in TABLE_METRICS:
-                c = row[key]
-                text = esc(_pct(c["mean"], c["std"]))
-                if c["n"] and c["n"] != common_n:
-                    text += f' <span class="small">(n={c["n"]})</span>'
-                if row["failures"] and key == TABLE_METRICS[-1]:
-                    text += ' <span class="small" title="see the failed runs below">†</span>'
-                if c["best"]:
-                    tds.append(f'<td class="num best"><b>{text}</b></td>')
-                else:
-                    tds.append(f'<td class="num">{text}</td>')
-        body.append("<tr>" + "".join(tds) + "</tr>")
+    for labels in fractions:
+        for arm in arms:
+            tds = [f'<td class="arm">{esc(arm)}</td>'] + ([f'<td class="num">{percent(labels)}</td>'] if multi else [])
+            tds += [td for det in detectors for td in _result_cells(cell[(arm, det, labels)], common_n)]
+            body.append("<tr>" + "".join(tds) + "</tr>")
     table = f'<table class="results">\n<thead>{head1}</tr>\n{head2}</tr></thead>\n<tbody>\n'
     table += "\n".join(body) + "\n</tbody></table>"
 
@@ -293,21 +278,56 @@ def _results_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     notes = [
         f"COCO box AP on the test set, in %. Mean ± sample std over {common_n} seed(s) per cell"
         + (f" (seeds {esc(', '.join(seeds))})" if seeds else "")
-        + "; a cell with another count says n=…; no ± with one seed. Best per column in bold.",
+        + "; a cell with another count says n=…; no ± with one seed. "
+        + ("Best per column and label fraction in bold." if multi else "Best per column in bold."),
         "Numbers are the evaluation at: " + (esc("; ".join(sources)) if sources else "not recorded") + ".",
     ]
+    if multi:
+        notes.append(esc(labels_note(results)))
     out = [table, "".join(f'<p class="small">{n}</p>' for n in notes)]
+    if efficiency is not None:
+        out.append(
+            _img(
+                efficiency,
+                "test mAP against the fraction of train labels",
+                "Label efficiency: test mAP (%) against the share of the train labels fine-tuned on (log scale); "
+                "markers = mean over the finished seeds, band = ± one sample std over seeds (none with one seed).",
+            )
+        )
 
     failed = [(r, f) for r in rows for f in r["failures"]]
     if failed:
         items = "".join(
-            f"<li>{esc(r['arm'])} / {esc(r['detector'])}, seed {esc(f['seed'])}: {esc(f['status'])}"
+            f"<li>{esc(r['arm'])} / {esc(r['detector'])}{', ' + percent(r['labels']) + ' labels' if multi else ''}"
+            f", seed {esc(f['seed'])}: {esc(f['status'])}"
             f"{': ' + esc(_cut(f['reason'], 2000)) if f['reason'] else ''}</li>"
             for r, f in failed
         )
         out.append(f'<h3>Runs not finished (†)</h3><ul class="small">{items}</ul>')
     out.append(_reference_table(results.get("reference")))
     return "\n".join(out)
+
+
+def _result_cells(row: dict[str, Any], common_n: int) -> list[str]:
+    """One detector's cells of a results-table row: mAP / AP50 / AP75, or one cell saying why there are none."""
+    if row["n"] == 0:
+        if row["failures"]:
+            short, full = _failure_text(row["failures"])
+            return [f'<td class="failed" colspan="3" title="{esc(full)}">{esc(short)}</td>']
+        return ['<td class="failed" colspan="3">not run</td>']
+    tds = []
+    for key in TABLE_METRICS:
+        c = row[key]
+        text = esc(_pct(c["mean"], c["std"]))
+        if c["n"] and c["n"] != common_n:
+            text += f' <span class="small">(n={c["n"]})</span>'
+        if row["failures"] and key == TABLE_METRICS[-1]:
+            text += ' <span class="small" title="see the failed runs below">†</span>'
+        if c["best"]:
+            tds.append(f'<td class="num best"><b>{text}</b></td>')
+        else:
+            tds.append(f'<td class="num">{text}</td>')
+    return tds
 
 
 def _ref_pct(x: Any) -> str:
@@ -361,32 +381,45 @@ def _agg_text(values: list[float], kind: str) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _best_f1_blocks(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``clinical.at_best_f1`` blocks of the finished runs that have one."""
+    clinical = [r.get("clinical") for r in runs if r.get("status") == "done"]
+    return [c["at_best_f1"] for c in clinical if isinstance(c, dict) and isinstance(c.get("at_best_f1"), dict)]
+
+
+def _clinical_row(arm: str, det: str, labels: str | None, blocks: list[dict[str, Any]], columns: tuple) -> str:
+    """One row of the clinical table: the blocks' mean ± std per column (``labels``: its cell, None: none)."""
+    tds = [f'<td class="arm">{esc(arm)}</td><td>{esc(det)}</td>']
+    tds += [] if labels is None else [f'<td class="num">{labels}</td>']
+    tds.append(f'<td class="num">{len(blocks)}</td>')
+    for column in columns:
+        key, _, kind = column
+        source = [b.get("per_polyp") if column in POLYP_COLUMNS else b for b in blocks]
+        values = [number(s.get(key)) for s in source if isinstance(s, dict)]
+        tds.append(f'<td class="num">{esc(_agg_text([v for v in values if v is not None], kind))}</td>')
+    return "<tr>" + "".join(tds) + "</tr>"
+
+
 def _clinical_table(results: dict[str, Any]) -> str:
-    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for run in _runs(results):
-        clinical = run.get("clinical")
-        if run.get("status") == "done" and isinstance(clinical, dict) and isinstance(clinical.get("at_best_f1"), dict):
-            by[(str(run.get("arm")), str(run.get("detector")))].append(clinical["at_best_f1"])
+    by = {key: blocks for key, runs in runs_by(results).items() if (blocks := _best_f1_blocks(runs))}
     if not by:
         return ""
+    multi = len(label_fractions(results)) > 1
     with_polyps = any(isinstance(b.get("per_polyp"), dict) for blocks in by.values() for b in blocks)
     columns = CLINICAL_COLUMNS + (POLYP_COLUMNS if with_polyps else ())
-    head = "<tr><th>method</th><th>detector</th><th>seeds</th>" + "".join(
-        f"<th>{esc(label)}</th>" for _, label, _ in columns
+    head = (
+        "<tr><th>method</th><th>detector</th>"
+        + ("<th>labels</th>" if multi else "")
+        + "<th>seeds</th>"
+        + "".join(f"<th>{esc(label)}</th>" for _, label, _ in columns)
     )
-    body = []
-    for arm in _order(results, "arms", "arm"):
-        for det in _order(results, "detectors", "detector"):
-            blocks = by.get((arm, det))
-            if not blocks:
-                continue
-            tds = [f'<td class="arm">{esc(arm)}</td><td>{esc(det)}</td><td class="num">{len(blocks)}</td>']
-            for column in columns:
-                key, _, kind = column
-                source = [b.get("per_polyp") if column in POLYP_COLUMNS else b for b in blocks]
-                values = [number(s.get(key)) for s in source if isinstance(s, dict)]
-                tds.append(f'<td class="num">{esc(_agg_text([v for v in values if v is not None], kind))}</td>')
-            body.append("<tr>" + "".join(tds) + "</tr>")
+    body = [
+        _clinical_row(arm, det, percent(labels) if multi else None, by[(arm, det, labels)], columns)
+        for labels in label_fractions(results)
+        for arm in _order(results, "arms", "arm")
+        for det in _order(results, "detectors", "detector")
+        if (arm, det, labels) in by
+    ]
     note = (
         "Per frame at each run's F1-best score threshold (IoU ≥ 0.5), mean ± std over the finished seeds. "
         "FP / frame counts false boxes over all test frames, negatives included."
@@ -399,65 +432,96 @@ def _clinical_table(results: dict[str, Any]) -> str:
     return f'<table>{head}</tr>{"".join(body)}</table><p class="small">{esc(note)}</p>'
 
 
+PROBE_CAPTION = (
+    "Frozen-backbone probe (polyp vs mucosa crops) during pretraining: it says whether the features became "
+    "useful; the collapse monitor only says whether they are alive."
+)
+
+
+def _probe_cells(curve: Any) -> str:
+    """The last probe row's linear / kNN accuracy (%, ± the probe seeds' std when above 0) as two cells."""
+    probes = curve_rows(curve, probe=True)
+    last = probes[-1] if probes else {}
+    return "".join(
+        f'<td class="num">{_pct(number(last.get(key)), number(last.get(key + "_std")) or None)}</td>'
+        for key in ("probe_linear", "probe_knn")
+    )
+
+
+def _pretrain_row(arm: str, info: dict[str, Any], with_probe: bool) -> str:
+    steps = curve_rows(info.get("curve"))
+    last = steps[-1] if steps else {}
+    collapse = [number(v) for k, v in last.items() if k.startswith("collapse")]
+    collapse = [c for c in collapse if c is not None]
+    seconds = number(info.get("seconds"))
+    status = str(info.get("status") or "—")
+    if info.get("reason"):
+        status += ": " + _cut(info["reason"])
+    return (
+        f'<tr><td class="arm">{esc(arm)}</td><td>{esc(status)}</td>'
+        f'<td class="num">{"—" if seconds is None else f"{seconds / 60:.1f}"}</td>'
+        f'<td class="num">{esc(last.get("epoch", "—"))}</td>'
+        f'<td class="num">{_fmt(last.get("loss"), 4)}</td>'
+        f'<td class="num">{"—" if not collapse else f"{min(collapse):.3f}"}</td>'
+        + (_probe_cells(info.get("curve")) if with_probe else "")
+        + "</tr>"
+    )
+
+
 def _pretrain_section(results: dict[str, Any]) -> str:
     pretrain = results.get("pretrain")
     if not isinstance(pretrain, dict) or not pretrain:
         return ""
     arms = _order(results, "arms", "arm")
-    rows = []
-    for arm in [a for a in arms if a in pretrain] + [a for a in pretrain if a not in arms]:
-        info = pretrain[arm] if isinstance(pretrain[arm], dict) else {}
-        curve = info.get("curve") if isinstance(info.get("curve"), list) else []
-        last = next((r for r in reversed(curve) if isinstance(r, dict)), {})
-        collapse = [number(v) for k, v in last.items() if k.startswith("collapse")]
-        collapse = [c for c in collapse if c is not None]
-        seconds = number(info.get("seconds"))
-        status = str(info.get("status") or "—")
-        if info.get("reason"):
-            status += ": " + _cut(info["reason"])
-        rows.append(
-            f'<tr><td class="arm">{esc(arm)}</td><td>{esc(status)}</td>'
-            f'<td class="num">{"—" if seconds is None else f"{seconds / 60:.1f}"}</td>'
-            f'<td class="num">{esc(last.get("epoch", "—"))}</td>'
-            f'<td class="num">{_fmt(last.get("loss"), 4)}</td>'
-            f'<td class="num">{"—" if not collapse else f"{min(collapse):.3f}"}</td></tr>'
-        )
+    infos = {a: pretrain[a] if isinstance(pretrain[a], dict) else {} for a in arms if a in pretrain}
+    infos.update({a: info if isinstance(info, dict) else {} for a, info in pretrain.items() if a not in arms})
+    with_probe = any(curve_rows(info.get("curve"), probe=True) for info in infos.values())
+    rows = "".join(_pretrain_row(arm, info, with_probe) for arm, info in infos.items())
     table = (
         "<table><tr><th>method</th><th>status</th><th>minutes</th><th>last epoch</th><th>final loss</th>"
-        f"<th>final collapse monitor (min)</th></tr>{''.join(rows)}</table>"
+        "<th>final collapse monitor (min)</th>"
+        + ("<th>final linear probe (%)</th><th>final kNN probe (%)</th>" if with_probe else "")
+        + f"</tr>{rows}</table>"
     )
-    figs = _plot(
-        plots.pretrain_loss_plot,
-        pretrain,
-        arms,
-        alt="pretraining loss curves",
-        caption="Pretraining loss vs global step (FPSiam's local / global terms dashed / dotted).",
-    ) + _plot(
-        plots.collapse_plot,
-        pretrain,
-        arms,
-        alt="collapse monitor curves",
-        caption="Collapse monitor: std of the l2-normalised projections × √d; about 1 is healthy, "
-        "→ 0 means the outputs collapsed to one vector.",
+    figs = (
+        _plot(
+            plots.pretrain_loss_plot,
+            pretrain,
+            arms,
+            alt="pretraining loss curves",
+            caption="Pretraining loss vs global step (FPSiam's local / global terms dashed / dotted).",
+        )
+        + _plot(
+            plots.collapse_plot,
+            pretrain,
+            arms,
+            alt="collapse monitor curves",
+            caption="Collapse monitor: std of the l2-normalised projections × √d; about 1 is healthy, "
+            "→ 0 means the outputs collapsed to one vector.",
+        )
+        + _plot(
+            plots.probe_plot,
+            pretrain,
+            arms,
+            alt="frozen-backbone probe accuracy during pretraining",
+            caption=PROBE_CAPTION + " Linear probe solid, kNN dashed, accuracy in %.",
+        )
     )
     return table + figs
 
 
 def _samples_section(results: dict[str, Any], base_dir: Path) -> str:
-    """Per detector, a grid: rows = arms, columns = the sample images of the arm's first seed that has any."""
+    """Per detector, a grid: rows = arms, columns = the sample images of the arm's first seed that has any.
+
+    With several label fractions, the runs at the largest one.
+    """
+    by = plots.top_fraction_runs(results)
     out = []
     for det in _order(results, "detectors", "detector"):
         grid_rows = []
         width = 0
         for arm in _order(results, "arms", "arm"):
-            runs = [
-                r
-                for r in _runs(results)
-                if str(r.get("arm")) == arm
-                and str(r.get("detector")) == det
-                and isinstance(r.get("samples"), list)
-                and r["samples"]
-            ]
+            runs = [r for r in by.get((arm, det), []) if isinstance(r.get("samples"), list) and r["samples"]]
             if not runs:
                 continue
             run = runs[0]
@@ -548,16 +612,23 @@ def _config_section(results: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- report
 
 
-def render_report(results: dict[str, Any], base_dir: Path) -> str:
-    """The whole report as one self-contained HTML string (images embedded, inline CSS, no scripts).
+def _top_note(results: dict[str, Any]) -> str:
+    """The caption's note for the views that show only the largest label fraction; "" with one fraction."""
+    if len(label_fractions(results)) == 1:
+        return ""
+    return f" Runs fine-tuned on {percent(plots.top_fraction(results))} of the labels."
 
-    ``base_dir`` is where the relative image paths in ``results`` (samples, Grad-CAM) are read from.
-    """
+
+def _checked(results: Any) -> dict[str, Any]:
     if not isinstance(results, dict):
         raise FpsiamError("results: expected a JSON object (the experiment's results.json)")
-    base_dir = Path(base_dir)
+    return results
+
+
+def _render(results: dict[str, Any], base_dir: Path, efficiency: bytes | None) -> str:
+    """The report's HTML; ``efficiency`` is the label-efficiency plot (None: left out)."""
     rows = summary_table(results)
-    sections: list[tuple[str, str, str]] = [("table", "Comparison", _results_table(results, rows))]
+    sections: list[tuple[str, str, str]] = [("table", "Comparison", _results_table(results, rows, efficiency))]
     sections.append(("clinical", "Clinical metrics", _clinical_table(results)))
     sections.append(("pretraining", "Pretraining", _pretrain_section(results)))
     sections.append(
@@ -568,7 +639,8 @@ def render_report(results: dict[str, Any], base_dir: Path) -> str:
                 plots.val_map_plot,
                 results,
                 alt="validation mAP per epoch",
-                caption="Validation mAP per epoch: thin lines = seeds, thick = mean over the finished seeds.",
+                caption="Validation mAP per epoch: thin lines = seeds, thick = mean over the finished seeds."
+                + _top_note(results),
             ),
         )
     )
@@ -581,7 +653,7 @@ def render_report(results: dict[str, Any], base_dir: Path) -> str:
                 results,
                 alt="precision-recall curves",
                 caption="Test-set precision-recall curves of every finished seed (IoU ≥ 0.5); dots mark the "
-                "F1-best thresholds.",
+                "F1-best thresholds." + _top_note(results),
             ),
         )
     )
@@ -605,10 +677,27 @@ def render_report(results: dict[str, Any], base_dir: Path) -> str:
     )
 
 
+def render_report(results: dict[str, Any], base_dir: Path) -> str:
+    """The whole report as one self-contained HTML string (images embedded, inline CSS, no scripts).
+
+    ``base_dir`` is where the relative image paths in ``results`` (samples, Grad-CAM) are read from.
+    """
+    results = _checked(results)
+    return _render(results, Path(base_dir), plots.label_efficiency_plot(results))
+
+
 def write_report(results: dict[str, Any], out_html: Path) -> Path:
-    """Render the report and write it atomically to ``out_html``; images are read relative to its folder."""
-    out_html = Path(out_html)
-    text = render_report(results, out_html.parent)
+    """Render the report and write it atomically to ``out_html``; images are read relative to its folder.
+
+    With two or more label fractions the label-efficiency plot is also written beside it, atomically, as
+    ``label_efficiency.png`` (for slides and papers; the report embeds its own copy).
+    """
+    results, out_html = _checked(results), Path(out_html)
+    efficiency = plots.label_efficiency_plot(results)
+    text = _render(results, out_html.parent, efficiency)
+    if efficiency is not None:
+        with atomic_open(out_html.with_name(LABEL_EFFICIENCY_PNG), "wb") as f:
+            f.write(efficiency)
     with atomic_open(out_html, "w", encoding="utf-8") as f:
         f.write(text)
     return out_html

@@ -4,6 +4,10 @@ Each function takes parts of the experiment's ``results.json`` (see :mod:`fpsiam
 returns the PNG as bytes, or ``None`` when there is nothing to draw (the report then omits the plot).
 Figures are built with the object-oriented API (``Figure`` + ``FigureCanvasAgg``): no pyplot state, no
 GUI backend, nothing shown. Every arm keeps one colour across all plots (its index in ``arms``).
+
+The helpers that read runs out of ``results`` (``_runs``, ``_order``, ``_metric``, ``runs_by``,
+``label_fractions``) live here too, so the tables (:mod:`fpsiam.report.html`, :mod:`fpsiam.report.markdown`)
+and the plots group and filter the runs the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +23,8 @@ from typing import Any
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from fpsiam.errors import FpsiamError
 
 # Readable in a browser at 100 % zoom; small enough that a report with a dozen plots stays light.
 DPI = 110
@@ -33,6 +40,8 @@ STYLE = {
 }
 # FPSiam's two loss / collapse terms, drawn in the arm's colour with these line styles.
 TERM_STYLE = {"": "-", "_local": "--", "_global": ":"}
+# The frozen-backbone probe's two scores, drawn in the arm's colour: (key, label suffix, line style, width).
+PROBE_STYLE = (("probe_linear", " linear", "-", 1.8), ("probe_knn", " kNN", "--", 1.2))
 
 
 def number(x: Any) -> float | None:
@@ -41,6 +50,80 @@ def number(x: Any) -> float | None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------ reading results
+
+
+def _runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = results.get("runs")
+    if runs is None:
+        return []
+    if not isinstance(runs, list):
+        raise FpsiamError("results: 'runs' must be a list of run records")
+    return [r for r in runs if isinstance(r, dict)]
+
+
+def _order(results: dict[str, Any], key: str, run_key: str) -> list[str]:
+    """``results[key]`` in its order, then any value only the runs mention (so nothing is dropped)."""
+    given = results.get(key)
+    order = [str(x) for x in given] if isinstance(given, list) else []
+    for run in _runs(results):
+        name = str(run.get(run_key))
+        if name not in order:
+            order.append(name)
+    return order
+
+
+def _metric(run: dict[str, Any], key: str) -> float | None:
+    """A run's test metric, or None when missing, non-finite or undefined (COCO writes -1)."""
+    metrics = run.get("metrics")
+    x = number(metrics.get(key)) if isinstance(metrics, dict) else None
+    return x if x is not None and x >= 0 else None
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof=1); std is None with fewer than two values."""
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) >= 2 else None)
+
+
+def _fraction(x: Any, what: str) -> float:
+    v = number(x)
+    if v is None or not 0 < v <= 1:
+        raise FpsiamError(f"results: {what} must be a fraction in (0, 1], got {x!r}")
+    return v
+
+
+def run_labels(run: dict[str, Any]) -> float:
+    """The fraction of the train labels a run was fine-tuned on (its ``labels``; missing / null: 1.0)."""
+    x = run.get("labels")
+    return 1.0 if x is None else _fraction(x, "a run's 'labels'")
+
+
+def label_fractions(results: dict[str, Any]) -> list[float]:
+    """The label fractions, ascending: ``results["label_fractions"]`` and any a run mentions; [1.0] if none."""
+    given = results.get("label_fractions")
+    fractions = {_fraction(x, "'label_fractions'") for x in given} if isinstance(given, list) else set()
+    fractions.update(run_labels(r) for r in _runs(results))
+    return sorted(fractions) or [1.0]
+
+
+def percent(fraction: float) -> str:
+    """A label fraction as the tables and axes write it: 0.1 -> "10 %", 0.125 -> "12.5 %"."""
+    return f"{100 * fraction:g} %"
+
+
+def runs_by(results: dict[str, Any]) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
+    """The runs grouped by (arm, detector, label fraction), each group in the order of ``results["runs"]``."""
+    by: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
+    for run in _runs(results):
+        by[(str(run.get("arm")), str(run.get("detector")), run_labels(run))].append(run)
+    return by
+
+
+# ---------------------------------------------------------------------------------------------- plots
 
 
 def arm_colors(arms: Sequence[str]) -> dict[str, Any]:
@@ -71,14 +154,17 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _curve_points(curve: Any, key: str) -> tuple[list[float], list[float]]:
-    """(global_step, value) pairs of ``key`` in a pretraining curve, skipping missing / non-finite values."""
-    xs, ys = [], []
+def curve_rows(curve: Any, probe: bool = False) -> list[dict[str, Any]]:
+    """A pretraining curve's step rows, or (``probe``) its probe rows (``{"kind": "probe", ...}``)."""
     if not isinstance(curve, list):
-        return xs, ys
-    for k, rec in enumerate(curve):
-        if not isinstance(rec, dict):
-            continue
+        return []
+    return [r for r in curve if isinstance(r, dict) and (r.get("kind") == "probe") == probe]
+
+
+def _curve_points(curve: Any, key: str, probe: bool = False) -> tuple[list[float], list[float]]:
+    """(global_step, value) pairs of ``key`` in a curve's step (or probe) rows, skipping missing / non-finite values."""
+    xs, ys = [], []
+    for k, rec in enumerate(curve_rows(curve, probe)):
         y = number(rec.get(key))
         if y is None:
             continue
@@ -88,10 +174,13 @@ def _curve_points(curve: Any, key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def _term_plot(
-    pretrain: dict[str, Any], arms: Sequence[str], prefix: str, ylabel: str, title: str
+def _arm_lines(
+    pretrain: dict[str, Any], arms: Sequence[str], series: Sequence[tuple], probe: bool = False, scale: float = 1.0
 ) -> tuple[Figure, Any] | None:
-    """Lines of ``prefix``, ``prefix_local``, ``prefix_global`` vs global step, one colour per arm."""
+    """One line per arm and ``(key, label suffix, line style, width)`` of ``series`` vs global step, or None.
+
+    ``probe``: read the probe rows (and mark each point) instead of the step rows; values are × ``scale``.
+    """
     if not isinstance(pretrain, dict):
         return None
     order = [a for a in arms if a in pretrain] + [a for a in pretrain if a not in arms]
@@ -103,19 +192,32 @@ def _term_plot(
         info = pretrain[arm]
         if not isinstance(info, dict):
             continue
-        for suffix, style in TERM_STYLE.items():
-            xs, ys = _curve_points(info.get("curve"), prefix + suffix)
+        for key, suffix, style, width in series:
+            xs, ys = _curve_points(info.get("curve"), key, probe)
             if not xs:
                 continue
-            label = arm if not suffix else f"{arm} ({suffix[1:]})"
-            ax.plot(xs, ys, style, color=colors[arm], lw=1.8 if not suffix else 1.2, label=label)
+            marks = {"marker": "o", "ms": 3} if probe else {}
+            ax.plot(xs, [scale * y for y in ys], ls=style, color=colors[arm], lw=width, label=arm + suffix, **marks)
             drew = True
     if not drew:
         return None
     ax.set_xlabel("global step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
     return fig, ax
+
+
+def _term_plot(
+    pretrain: dict[str, Any], arms: Sequence[str], prefix: str, ylabel: str, title: str
+) -> tuple[Figure, Any] | None:
+    """Lines of ``prefix``, ``prefix_local``, ``prefix_global`` vs global step, one colour per arm."""
+    series = [
+        (prefix + suffix, f" ({suffix[1:]})" if suffix else "", style, 1.2 if suffix else 1.8)
+        for suffix, style in TERM_STYLE.items()
+    ]
+    made = _arm_lines(pretrain, arms, series)
+    if made is not None:
+        made[1].set_ylabel(ylabel)
+        made[1].set_title(title)
+    return made
 
 
 @_styled
@@ -152,12 +254,32 @@ def collapse_plot(pretrain: dict[str, Any], arms: Sequence[str] = ()) -> bytes |
     return _png(fig)
 
 
-def _runs_by(results: dict[str, Any]) -> dict[tuple[str, str], list[dict]]:
-    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for run in results.get("runs") or []:
-        if isinstance(run, dict):
-            by[(str(run.get("arm")), str(run.get("detector")))].append(run)
-    return by
+@_styled
+def probe_plot(pretrain: dict[str, Any], arms: Sequence[str] = ()) -> bytes | None:
+    """Frozen-backbone probe accuracy (%) vs global step: linear probe solid, kNN dashed, one colour per arm.
+
+    From the curves' probe rows (``{"kind": "probe", "global_step", "probe_linear", "probe_knn", ...}``,
+    accuracies 0..1; the first at step 0 is the initial backbone). None when no arm has a probe row.
+    """
+    made = _arm_lines(pretrain, arms, PROBE_STYLE, probe=True, scale=100)
+    if made is None:
+        return None
+    fig, ax = made
+    ax.set_ylabel("probe accuracy (%)")
+    ax.set_title("Frozen-backbone probe")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def top_fraction(results: dict[str, Any]) -> float:
+    """The largest label fraction any run has (the largest listed when there are no runs)."""
+    return max((run_labels(r) for r in _runs(results)), default=label_fractions(results)[-1])
+
+
+def top_fraction_runs(results: dict[str, Any]) -> dict[tuple[str, str], list[dict]]:
+    """The runs at :func:`top_fraction` by (arm, detector): the per-epoch, PR and sample views show those."""
+    top = top_fraction(results)
+    return {(arm, det): runs for (arm, det, labels), runs in runs_by(results).items() if labels == top}
 
 
 def _detector_axes(fig: Figure, detectors: Sequence[str], sharey: bool) -> list[Any]:
@@ -177,7 +299,7 @@ def val_map_plot(results: dict[str, Any]) -> bytes | None:
     arms, detectors = list(results.get("arms") or []), list(results.get("detectors") or [])
     if not arms or not detectors:
         return None
-    colors, by = arm_colors(arms), _runs_by(results)
+    colors, by = arm_colors(arms), top_fraction_runs(results)
     fig = _figure(min(4.2 * len(detectors), 12), 3.4)
     axes = _detector_axes(fig, detectors, sharey=True)
     drew = False
@@ -215,6 +337,59 @@ def val_map_plot(results: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
+def _efficiency_points(results: dict[str, Any]) -> dict[tuple[str, str], dict[float, list[float]]]:
+    """Test mAP (%) of the finished runs: {(arm, detector): {label fraction: [one value per seed]}}."""
+    points: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (arm, det, labels), runs in runs_by(results).items():
+        for run in runs:
+            m = _metric(run, "mAP") if run.get("status") == "done" else None
+            if m is not None:
+                points[(arm, det)][labels].append(100 * m)
+    return points
+
+
+def _efficiency_line(ax: Any, per_fraction: dict[float, list[float]], color: Any, label: str) -> None:
+    """Mean over seeds per fraction (markers) and a ± sample-std band where a fraction has ≥ 2 seeds."""
+    xs = sorted(per_fraction)
+    stats = [_mean_std(per_fraction[x]) for x in xs]
+    means = [m for m, _ in stats]
+    ax.plot(xs, means, "-o", color=color, lw=1.8, ms=4, label=label)
+    if any(s is not None for _, s in stats):
+        lo = [m - (s or 0.0) for m, s in stats]
+        hi = [m + (s or 0.0) for m, s in stats]
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
+
+
+@_styled
+def label_efficiency_plot(results: dict[str, Any]) -> bytes | None:
+    """Test mAP (%) vs the fraction of the train labels fine-tuned on: one subplot per detector, a line per arm.
+
+    Markers are the mean over the finished seeds, the band ± one sample std (none at a fraction with one seed);
+    the x axis is log-scaled and ticked at the fractions. None when fewer than two fractions have a finished
+    run with a defined mAP.
+    """
+    points = _efficiency_points(results)
+    fractions = sorted({f for per_fraction in points.values() for f in per_fraction})
+    if len(fractions) < 2:
+        return None
+    arms = _order(results, "arms", "arm")
+    detectors = [d for d in _order(results, "detectors", "detector") if any(k[1] == d for k in points)]
+    colors = arm_colors(arms)
+    fig = _figure(min(4.2 * len(detectors), 12), 3.4)
+    axes = _detector_axes(fig, detectors, sharey=True)
+    for ax, det in zip(axes, detectors, strict=True):
+        for arm in arms:
+            if (arm, det) in points:
+                _efficiency_line(ax, points[(arm, det)], colors[arm], arm)
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, [percent(f) for f in fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("train labels used")
+        ax.legend(loc="lower right")
+    axes[0].set_ylabel("test mAP (%)")
+    return _png(fig)
+
+
 def _pr_points(pr: Any) -> tuple[list[float], list[float]]:
     if not isinstance(pr, dict):
         return [], []
@@ -232,7 +407,7 @@ def pr_curve_plot(results: dict[str, Any]) -> bytes | None:
     arms, detectors = list(results.get("arms") or []), list(results.get("detectors") or [])
     if not arms or not detectors:
         return None
-    colors, by = arm_colors(arms), _runs_by(results)
+    colors, by = arm_colors(arms), top_fraction_runs(results)
     fig = _figure(min(4.2 * len(detectors), 12), 3.6)
     axes = _detector_axes(fig, detectors, sharey=True)
     drew = False
@@ -316,8 +491,17 @@ __all__ = [
     "arm_colors",
     "cam_energy_plot",
     "collapse_plot",
+    "curve_rows",
+    "label_efficiency_plot",
+    "label_fractions",
     "number",
+    "percent",
     "pr_curve_plot",
     "pretrain_loss_plot",
+    "probe_plot",
+    "run_labels",
+    "runs_by",
+    "top_fraction",
+    "top_fraction_runs",
     "val_map_plot",
 ]
