@@ -112,7 +112,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from fpsiam.ssl.pretrain import pretrain  # torch & co. only once the config is known to be good
 
     run_dir = Path(args.output) if args.output else Path("runs") / "pretrain" / Path(args.config).stem
-    result = pretrain(cfg, run_dir, resume=args.resume)
+    result = pretrain(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change)
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
         print(f"backbone:   {result.backbone}")
@@ -163,7 +163,7 @@ def cmd_detect_train(args: argparse.Namespace) -> int:
     from fpsiam.detect.train import train_detector
 
     run_dir = Path(args.output) if args.output else Path("runs") / "detect" / Path(args.config).stem
-    result = train_detector(cfg, run_dir, resume=args.resume)
+    result = train_detector(cfg, run_dir, resume=args.resume, allow_config_change=args.allow_config_change)
     if result.last_model is not None:
         for name, row in (("best", result.best), ("last", result.last)):
             print(f"{name} (epoch {row.get('epoch')}): mAP {row.get('mAP', float('nan')):.4f} "
@@ -270,6 +270,9 @@ def add_run_flags(p: argparse.ArgumentParser, default_dir: str, resume: bool = T
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     if resume:
         p.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
+        p.add_argument("--allow-config-change", action="store_true",
+                       help="with --resume: continue although settings other than logging, workers and epochs "
+                       "differ from the run's (the run is then no longer an exact one)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

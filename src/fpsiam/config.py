@@ -207,6 +207,7 @@ class DetectTrain:
     seed: int = 0
     max_steps_per_epoch: int | None = None
     min_iters: int = 0  # a short train set: every epoch is stretched (the set cycles) so the run has >= this many steps
+    nonfinite_skips: int = 10  # steps with a NaN/inf gradient are skipped (never applied); the run stops past this many
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     sync_bn: bool = True
     checkpoint_every: int = 1
@@ -334,7 +335,7 @@ MINIMUM = {
     "epochs": 1, "batch_size": 1, "checkpoint_every": 1, "checkpoint_steps": 1, "eval_every": 1, "log_every": 1,
     "keep_last": 1, "max_steps_per_epoch": 1, "average_last": 1, "min_size": 32, "max_size": 32,
     "test_proposals": 1, "roi_samples": 1, "size": 32, "workers": 0, "warmup_iters": 0, "gradcam_images": 0,
-    "sample_images": 0, "every": 1, "min_iters": 0, "precise_bn": 0,
+    "sample_images": 0, "every": 1, "min_iters": 0, "precise_bn": 0, "nonfinite_skips": 0,
 }  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from fpsiam.config import DetectConfig, ExperimentConfig, from_dict, parse_overr
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_open, write_json
 from fpsiam.train import distributed as D
+from fpsiam.train.runfolder import run_folder
 
 TABLE_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
@@ -437,5 +438,5 @@ class Experiment:
 def run_experiment(cfg: ExperimentConfig, out: str | Path, where: str = "config", command: str = "") -> dict[str, Any]:
     """Check the config, then run (or resume) every stage; returns the results dict (also results.json)."""
     check_config(cfg, where)
-    with D.session(cfg.detect.train.device) as env:
+    with D.session(cfg.detect.train.device) as env, run_folder(out, env.is_main):
         return Experiment(cfg, Path(out), env, command).run()

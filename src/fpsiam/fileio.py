@@ -27,10 +27,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)  # the bytes are on disk before the name is: a power loss leaves the old file, not an empty one
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry list: the rename itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders; the data fsync is what matters
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -38,8 +51,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     """``open`` for writing that only replaces ``path`` once the block finished without an error."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
         yield f
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:

@@ -116,3 +116,35 @@ def test_stretched_sampler_is_seeded_covers_the_set_and_resumes():
     assert len(halves[0]) == len(halves[1]) == 13 and set(both) == set(range(10))
     plain = ResumableSampler(list(range(10)), 1, 0, seed=0, min_samples=4)
     assert len(plain) == 10  # never shortened
+
+
+def test_a_nonfinite_gradient_step_is_skipped_counted_and_past_the_limit_stops(synth, tmp_path, monkeypatch):
+    from fpsiam.detect import engine
+    from fpsiam.errors import FpsiamError
+
+    real = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+    updates = {"n": 0}
+    real_step = torch.optim.SGD.step
+
+    def nan_on_second(params, max_norm):
+        calls["n"] += 1
+        norm = real(params, max_norm)
+        return torch.tensor(float("nan")) if calls["n"] == 2 else norm
+
+    def counted_step(self, *a, **k):
+        updates["n"] += 1
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(engine.torch.nn.utils, "clip_grad_norm_", nan_on_second)
+    monkeypatch.setattr(torch.optim.SGD, "step", counted_step)
+    run = tmp_path / "run"
+    T.train_detector(cfg_for(synth, "train.epochs=1"), run)
+    results = json.loads((run / "results.json").read_text())
+    assert results["skipped_steps"] == [2] and results["grad_norm"]["steps"] == 2  # the NaN is not in the stats
+    assert updates["n"] == 2  # 3 steps, the skipped one never reached the optimizer
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in rows if r.get("skipped")] == [2]
+    calls["n"] = 0
+    with pytest.raises(FpsiamError, match="1 steps with a non-finite gradient norm.*Last good checkpoint: none"):
+        T.train_detector(cfg_for(synth, "train.epochs=1", "train.nonfinite_skips=0"), tmp_path / "strict")

@@ -57,6 +57,8 @@ def train_one_epoch(
 
     ``clip_grad_norm``: clip the global gradient norm to this value before each step (None: no clipping);
     the pre-clip norm is reported to ``on_step`` as ``grad_norm`` either way, so divergence shows up early.
+    A step whose gradient norm is not finite never updates the weights: it is skipped and reported to
+    ``on_step`` as ``skipped`` = 1 (the caller counts them and stops the run past its limit).
 
     Returns the number of steps done. Raises FloatingPointError on a non-finite loss (the caller turns it
     into a clear message and keeps the last good checkpoint).
@@ -85,16 +87,17 @@ def train_one_epoch(
         else:
             loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        finite = bool(torch.isfinite(grad_norm))
         if scaler is not None:
-            scaler.step(optimizer)
+            scaler.step(optimizer)  # skips the update itself when the (fp16) gradients overflowed
             scaler.update()
-        else:
+        elif finite:
             optimizer.step()
         iteration += 1
         steps += 1
         if on_step is not None:
             logged = dict(zip([*names, "loss"], values.tolist(), strict=True))
-            on_step(iteration, {**logged, "lr": lr, "grad_norm": float(grad_norm)})
+            on_step(iteration, {**logged, "lr": lr, "grad_norm": float(grad_norm), "skipped": float(not finite)})
         if steps >= max_steps:
             break
     return steps

@@ -41,6 +41,7 @@ from fpsiam.train.checkpoint import (
 )
 from fpsiam.train.metrics import MetricsLog
 from fpsiam.train.precise_bn import precise_bn
+from fpsiam.train.runfolder import check_resume_config, newest_intact_checkpoint, run_folder
 from fpsiam.train.sampling import ResumableSampler, SeededSamples
 
 CHECKPOINT_FORMAT = "fpsiam-detect-v1"
@@ -103,10 +104,15 @@ def grad_norm_summary(norms: list[float]) -> dict[str, float]:
             "over_10": sum(v > 10 for v in finite)}  # fmt: skip
 
 
-def train_detector(cfg: DetectConfig, run_dir: str | Path, resume: bool = False, env: D.DistEnv | None = None):
+def train_detector(
+    cfg: DetectConfig, run_dir: str | Path, resume: bool = False, env: D.DistEnv | None = None,
+    allow_config_change: bool = False,
+):  # fmt: skip
     """Train (or resume) one detector into ``run_dir``; returns best/last val metrics and model paths."""
-    with D.session(cfg.train.device, env) as env:
-        return _train(cfg, Path(run_dir), resume, env)
+    with D.session(cfg.train.device, env) as env, run_folder(run_dir, env.is_main) as cleaned:
+        if cleaned:
+            print(f"removed {len(cleaned)} temp file(s) of an interrupted write in {run_dir}")
+        return _train(cfg, Path(run_dir), resume, env, allow_config_change)
 
 
 def _loader(dataset, batch_size: int, sampler=None, workers: int = 0, generator=None, pin: bool = False) -> DataLoader:
@@ -124,7 +130,7 @@ def evaluate_on(model, dataset, batch_size: int, device, dtype, workers: int, sa
     return {**coco_metrics(dataset.coco, results), **speed}
 
 
-def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> DetectResult:
+def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv, allow_change: bool) -> DetectResult:
     t, d = cfg.train, cfg.data
     if not d.train or not d.val:
         raise FpsiamError("set data.train and data.val (COCO json files), or pass --train/--val")
@@ -162,11 +168,13 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
     epoch, step_in_epoch, global_step = 0, 0, 0
     history: list[dict[str, Any]] = []
     grad_norms: list[float] = []  # every step's (pre-clip) gradient norm: the spikes of the transfer
+    skipped: list[int] = []  # steps whose gradient was not finite (not applied)
     existing = latest_checkpoint(run_dir)
     if existing is not None and not resume:
         raise FpsiamError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, or a new -o RUN_DIR")
     if resume and existing is not None:
-        ckpt = load_checkpoint(existing)
+        existing, ckpt = newest_intact_checkpoint(run_dir, load_checkpoint, log)
+    if resume and existing is not None:
         meta = model_meta(cfg)
         got = (ckpt.get("format"), ckpt.get("kind"), ckpt.get("arch"))
         if got != (CHECKPOINT_FORMAT, meta["kind"], meta["arch"]):
@@ -174,6 +182,7 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
                 f"{existing}: checkpoint is {got[0]} {got[1]}/{got[2]}, the config asks for "
                 f"{meta['kind']}/{meta['arch']}; resume with the run's own config or use a new -o RUN_DIR"
             )
+        check_resume_config(ckpt.get("config"), to_dict(cfg), existing, allow_change)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -181,6 +190,7 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
         epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         history = list(ckpt["history"])
         grad_norms = list(ckpt.get("grad_norms", []))
+        skipped = list(ckpt.get("skipped", []))
         set_rng_state(ckpt["rng"])
         log(f"resumed from {existing} (epoch {epoch}, step {step_in_epoch} of it)")
     elif cfg.model.precise_bn:
@@ -209,7 +219,8 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
                 "format": CHECKPOINT_FORMAT, **model_meta(cfg), "model": core.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                 "epoch": next_epoch, "step_in_epoch": next_step, "global_step": global_step,
-                "history": history, "grad_norms": grad_norms, "rng": rng_state(), "config": to_dict(cfg),
+                "history": history, "grad_norms": grad_norms, "skipped": skipped, "rng": rng_state(),
+                "config": to_dict(cfg),
             }  # fmt: skip
             save_checkpoint(state, checkpoint_path(run_dir, global_step), keep_last=t.keep_last)
 
@@ -224,7 +235,12 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
         grad_norms.append(values["grad_norm"])
         live["bar"].update(1)
         live["bar"].set_postfix(loss=f"{values['loss']:.3f}")
-        if iteration % t.log_every == 0:
+        if values["skipped"]:
+            skipped.append(iteration)
+            metrics.log({"epoch": epoch + 1, "global_step": iteration, **values})  # every skip is on record
+            if len(skipped) > t.nonfinite_skips:
+                raise FloatingPointError(f"{len(skipped)} steps with a non-finite gradient norm (steps {skipped[-3:]})")
+        elif iteration % t.log_every == 0:
             metrics.log({"epoch": epoch + 1, "global_step": iteration, **values})  # 1-based
 
     while epoch < t.epochs:
@@ -248,7 +264,7 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
             )  # fmt: skip
         except FloatingPointError as e:
             raise FpsiamError(
-                f"epoch {epoch + 1}: loss not finite ({e}); stopped. Last good checkpoint: "
+                f"epoch {epoch + 1}: not finite ({e}); stopped. Last good checkpoint: "
                 f"{latest_checkpoint(run_dir) or 'none'}. Lower optim.lr, set optim.clip_grad_norm (e.g. 35) "
                 "or use train.amp=none"
             ) from None
@@ -284,6 +300,7 @@ def _train(cfg: DetectConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> De
         write_json(run_dir / "results.json", {
             "model": model_meta(cfg), "init": init_msg, "best": best_of(evaluated), "train_images": len(train_set),
             "last": evaluated[-1] if evaluated else {}, "history": history, "grad_norm": grad_norm_summary(grad_norms),
+            "skipped_steps": skipped,
             "note": "best = best val mAP epoch (model best.safetensors); last = final epoch (last.safetensors)",
         })  # fmt: skip
     D.barrier(env)

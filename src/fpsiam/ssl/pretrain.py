@@ -42,6 +42,7 @@ from fpsiam.train.checkpoint import (
     set_rng_state,
 )
 from fpsiam.train.metrics import MetricsLog
+from fpsiam.train.runfolder import check_resume_config, newest_intact_checkpoint, run_folder
 from fpsiam.train.sampling import ResumableSampler, SeededSamples
 from fpsiam.weights import PRETRAIN_FORMAT as CHECKPOINT_FORMAT
 from fpsiam.weights import init_backbone, save_backbone
@@ -106,14 +107,17 @@ def _check_resume(ckpt: dict[str, Any], path: Path, cfg: PretrainConfig) -> None
 
 
 def pretrain(
-    cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, env: D.DistEnv | None = None
-) -> PretrainResult:
+    cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, env: D.DistEnv | None = None,
+    allow_config_change: bool = False,
+) -> PretrainResult:  # fmt: skip
     """Run (or resume) one pretraining run into ``run_dir``; returns the final checkpoint and backbone."""
-    with D.session(cfg.train.device, env) as env:
-        return _pretrain(cfg, Path(run_dir), resume, env)
+    with D.session(cfg.train.device, env) as env, run_folder(run_dir, env.is_main) as cleaned:
+        if cleaned and env.is_main:
+            print(f"removed {len(cleaned)} temp file(s) of an interrupted write in {run_dir}")
+        return _pretrain(cfg, Path(run_dir), resume, env, allow_config_change)
 
 
-def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> PretrainResult:
+def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv, allow_change: bool) -> PretrainResult:
     t = cfg.train
     if not cfg.data.source:
         raise FpsiamError("no frame source: set data.source in the config or pass --data SRC")
@@ -151,8 +155,10 @@ def _pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) 
     if existing is not None and not resume:
         raise FpsiamError(f"{run_dir}: already holds checkpoints; pass --resume to continue it, or a new -o RUN_DIR")
     if resume and existing is not None:
-        ckpt = load_checkpoint(existing)
+        existing, ckpt = newest_intact_checkpoint(run_dir, load_checkpoint, log)
+    if resume and existing is not None:
         _check_resume(ckpt, existing, cfg)
+        check_resume_config(ckpt.get("config"), to_dict(cfg), existing, allow_change)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])

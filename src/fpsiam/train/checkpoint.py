@@ -69,9 +69,32 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested dict/list that hold NaN or inf."""
+    if isinstance(obj, torch.Tensor):
+        return [prefix] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    if isinstance(obj, dict):
+        return [n for k, v in obj.items() for n in nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [n for i, v in enumerate(obj) for n in nonfinite_tensors(v, f"{prefix}[{i}]")]
+    return []
+
+
 def save_checkpoint(obj: dict[str, Any], path: str | Path, keep_last: int | None = None) -> Path:
-    """``torch.save`` to a temp file and rename; then delete all but the newest ``keep_last``."""
+    """``torch.save`` to a temp file and rename; then delete all but the newest ``keep_last``.
+
+    A checkpoint whose model or optimizer state holds NaN/inf is never written (it would poison every resume):
+    that is an FpsiamError naming the newest good checkpoint instead.
+    """
     path = Path(path)
+    bad = nonfinite_tensors({"model": obj.get("model"), "optimizer": obj.get("optimizer")})
+    if bad:
+        good = latest_checkpoint(path.parent.parent)
+        raise FpsiamError(
+            f"step {obj.get('global_step', '?')}: {len(bad)} tensors of the model / optimizer state are not finite "
+            f"(e.g. {bad[0]}): the run diverged, {path.name} was not written. Last good checkpoint: {good or 'none'}. "
+            "Lower optim.lr, set optim.clip_grad_norm or use train.amp=none"
+        )
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     if keep_last is not None and keep_last > 0:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_open
 
 
@@ -43,10 +44,27 @@ class MetricsLog:
                     self._tb.add_scalar(k, v, row["global_step"])
 
     def rows(self) -> list[dict[str, Any]]:
+        """The logged rows. A torn last line (a kill in the middle of a write) is dropped; a damaged line
+        before the last is an FpsiamError naming the file and line (the log was edited or the disk is bad)."""
         if not self.path.is_file():
             return []
-        with open(self.path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+        rows = []
+        for k, (n, line) in enumerate(lines):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                if k == len(lines) - 1:
+                    break  # torn by a kill: the resumed run rewrites it
+                raise FpsiamError(
+                    f"{self.path}:{n}: a damaged line in the middle of the metrics log; remove it (or the run folder) "
+                    "and resume again"
+                ) from None
+            rows.append(row)
+        return rows
 
     def truncate_after(self, global_step: int) -> None:
         if not self.enabled or not self.path.is_file():
