@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     cfg = ProbeConfig(ann=args.ann, images=args.images, test=args.test, holdout=args.holdout, mode=args.mode,
                       size=args.size, seeds=list(args.seeds), bn=args.bn)  # fmt: skip
-    for key in ("holdout", "size"):
+    for key in ("holdout", "size"):  # the config's own ranges
         _check_range(key, getattr(cfg, key), "fpsiam probe", f"--{key}")
     out = Path(args.output) if args.output else None
     if out is not None and not out.parent.is_dir():
@@ -225,27 +226,23 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import json
-
-    from fpsiam.fileio import atomic_open
+    from fpsiam.fileio import atomic_open, read_json
     from fpsiam.report.html import write_report
     from fpsiam.report.markdown import markdown_report
+    from fpsiam.report.schema import check_results
 
     src = Path(args.results)
-    try:
-        results = json.loads(src.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise FpsiamError(f"{src}: cannot read ({e.strerror}); give the results.json an experiment wrote") from None
-    except json.JSONDecodeError as e:
-        raise FpsiamError(f"{src}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise FpsiamError(f"{src}: not a UTF-8 text file; give the results.json an experiment wrote") from None
-    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
-        raise FpsiamError(f"{src}: not an experiment's results.json (no 'runs' list)")
+    results = check_results(read_json(src, "the results.json an experiment wrote"), str(src))
     html = Path(args.output) if args.output else src.with_name("report.html")
     md = Path(args.markdown) if args.markdown else src.with_name("table.md")
-    text = markdown_report(results)
-    write_report(results, html)
+    try:  # a hand-edited or foreign results.json: values of the wrong type surface here
+        text = markdown_report(results)
+        write_report(results, html)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
+        raise FpsiamError(
+            f"{src}: not a well-formed results.json ({type(e).__name__}: {str(e)[:120]}); rebuild it by rerunning "
+            "its fpsiam experiment command"
+        ) from None
     with atomic_open(md, "w", encoding="utf-8") as f:
         f.write(text)
     print(text)
@@ -532,11 +529,54 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FpsiamError as e:
-        print(f"fpsiam: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
+    except OSError as e:  # permission denied, disk full, read-only mount ... anywhere: one line naming the path
+        return fail(os_error_line(e))
     except KeyboardInterrupt:
+        clear_progress_bars()
         print("fpsiam: interrupted", file=sys.stderr)
         return 130
+
+
+def clear_progress_bars() -> None:
+    """Close live tqdm bars so no half-drawn bar stands above the error line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False  # closing then erases the bar's line instead of leaving it above the message
+        bar.close()
+
+
+MAX_ERROR_CHARS = 600
+
+
+def fail(message: str) -> int:
+    """Print the one error line (a huge echoed value or path is cut in the middle) and return exit status 2."""
+    clear_progress_bars()
+    message = " ".join(message.split("\n"))
+    if len(message) > MAX_ERROR_CHARS:
+        cut = len(message) - MAX_ERROR_CHARS
+        message = f"{message[:400]}... ({cut:,} characters cut) ...{message[-(MAX_ERROR_CHARS - 400) :]}"
+    print(f"fpsiam: error: {message}", file=sys.stderr)
+    return 2
+
+
+OS_ADVICE = {
+    errno.ENOSPC: "the disk is full; free space or pass another -o (nothing half-written was kept)",
+    errno.EDQUOT: "the disk quota is exceeded; free space or pass another -o",
+    errno.EACCES: "permission denied; check the permissions, or pass another path / -o",
+    errno.EPERM: "operation not permitted; check the permissions, or pass another path / -o",
+    errno.EROFS: "a read-only file system; pass an -o folder on a writable disk",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: the path, what happened and what to do. A DataLoader worker's error arrives
+    re-raised with its whole traceback as the message: its last line is the original error."""
+    if e.errno is None and "Original Traceback" in str(e):
+        return str(e).strip().splitlines()[-1]
+    where = e.filename if e.filename is not None else "(no path)"
+    return f"{where}: {OS_ADVICE.get(e.errno, e.strerror or type(e).__name__)}"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -20,7 +21,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from fpsiam.errors import FpsiamError
-from fpsiam.fileio import atomic_open
+from fpsiam.fileio import atomic_open, check_nesting
 
 T = TypeVar("T")
 
@@ -43,9 +44,12 @@ YamlLoader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str) -> Any:
-    """Parse YAML safely (no Python objects), numbers as YAML 1.2 reads them."""
-    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+def yaml_load(text: str, where: str = "--set") -> Any:
+    """Parse YAML safely (no Python objects), numbers as YAML 1.2 reads them; an alias bomb or an absurdly
+    nested document is refused (:func:`fpsiam.fileio.check_nesting`)."""
+    data = yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    check_nesting(data, where)
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -288,8 +292,10 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
         if not p.is_file():
             raise FpsiamError(f"{path}: config file not found; pass a YAML file (see configs/)")
         try:
-            raw = yaml_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
+            raw = yaml_load(p.read_text(encoding="utf-8"), str(path)) or {}
+        except UnicodeDecodeError:
+            raise FpsiamError(f"{path}: not a UTF-8 text file; a config is YAML text") from None
+        except (yaml.YAMLError, RecursionError) as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise FpsiamError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
@@ -324,19 +330,61 @@ def set_dotted(raw: dict, key: str, value: Any, cls: type, where: str) -> None:
     node[parts[-1]] = value
 
 
-# Smallest allowed value of integer keys, by name (any section): a 0 here would divide by zero or loop never.
-# POSITIVE: number keys that must be > 0 when set (a negative clip norm would flip the gradients).
-POSITIVE = {"clip_grad_norm", "backbone_lr_mult"}
-# UNIT: fractions that must lie in (0, 1].
-UNIT = {"holdout", "min_scale"}
-# PROBABILITY: keys that must lie in [0, 1].
-PROBABILITY = {"grayscale", "blur", "hflip"}
-MINIMUM = {
-    "epochs": 1, "batch_size": 1, "checkpoint_every": 1, "checkpoint_steps": 1, "eval_every": 1, "log_every": 1,
-    "keep_last": 1, "max_steps_per_epoch": 1, "average_last": 1, "min_size": 32, "max_size": 32,
-    "test_proposals": 1, "roi_samples": 1, "size": 32, "workers": 0, "warmup_iters": 0, "gradcam_images": 0,
-    "sample_images": 0, "every": 1, "min_iters": 0, "precise_bn": 0, "nonfinite_skips": 0,
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a number key: ``low``/``high`` bounds (None: unbounded), each inclusive or not."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            return False
+        return not (self.high is not None and (v > self.high or (self.high_open and v == self.high)))
+
+    def __str__(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1)``: as the error message says it."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open else "]"
+        return f"in {left}{'-inf' if self.low is None else f'{self.low:g}'}, {self.high:g}{right}"
+
+
+def _at_least(n: int) -> Range:
+    return Range(n)
+
+
+POSITIVE, FRACTION, PROBABILITY = Range(0, None, low_open=True), Range(0, 1, low_open=True), Range(0, 1)
+# Every number key's range, by key name (any section), in one place. Counts: a 0 would divide by zero or loop
+# never. Floats: a negative lr, momentum -5 or a std of 0 pass the type check and then crash or diverge.
+# Non-finite floats (NaN, inf) are refused for every key. List keys check each item.
+RANGES: dict[str, Range] = {
+    **{k: _at_least(1) for k in ("epochs", "batch_size", "checkpoint_every", "checkpoint_steps", "eval_every",
+                                 "log_every", "keep_last", "max_steps_per_epoch", "average_last", "test_proposals",
+                                 "roi_samples", "every", "proj_dim", "pred_dim", "pyramid_channels", "stride")},
+    **{k: _at_least(0) for k in ("workers", "warmup_iters", "gradcam_images", "sample_images", "min_iters",
+                                 "precise_bn", "nonfinite_skips", "temporal_k", "seed", "seeds", "label_seed")},
+    **{k: _at_least(32) for k in ("min_size", "max_size", "size")},
+    **{k: POSITIVE for k in ("lr", "clip_grad_norm", "backbone_lr_mult", "loss_scale", "std")},
+    "momentum": Range(0, 1, high_open=True),
+    "weight_decay": Range(0),
+    "warmup_ratio": FRACTION,
+    "gamma": FRACTION,
+    "min_scale": FRACTION,
+    "holdout": Range(0, 1, low_open=True, high_open=True),
+    "label_fractions": FRACTION,
+    "lam": PROBABILITY,
+    "mean": PROBABILITY,
+    "grayscale": PROBABILITY,
+    "blur": PROBABILITY,
+    "hflip": PROBABILITY,
+    "color_jitter": Range(0, 2),
+    "collapse_warn": Range(0),
 }  # fmt: skip
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def from_dict(cls: type[T], raw: Any, where: str, prefix: str = "") -> T:
@@ -358,17 +406,25 @@ def from_dict(cls: type[T], raw: Any, where: str, prefix: str = "") -> T:
 
 
 def _check_range(key: str, value: Any, where: str, dotted: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    low = MINIMUM.get(key)
-    if low is not None and value < low:
-        raise FpsiamError(f"{where}: key '{dotted}': must be >= {low}, got {value}")
-    if key in POSITIVE and not value > 0:
-        raise FpsiamError(f"{where}: key '{dotted}': must be > 0 (or null: off), got {value}")
-    if key in UNIT and not 0 < value <= 1:
-        raise FpsiamError(f"{where}: key '{dotted}': must be in (0, 1], got {value}")
-    if key in PROBABILITY and not 0 <= value <= 1:
-        raise FpsiamError(f"{where}: key '{dotted}': a probability, must be in [0, 1], got {value}")
+    """Refuse a value outside its key's range (see :data:`RANGES`), a non-finite float, or an unknown device."""
+    if key == "device" and isinstance(value, str) and not DEVICE.match(value):
+        raise FpsiamError(f"{where}: key '{dotted}': expected auto, cpu, cuda or cuda:N, got {_short(value)}")
+    values = value if isinstance(value, list) else [value]
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        name = f"{dotted}[{i}]" if isinstance(value, list) else dotted
+        if isinstance(v, float) and not math.isfinite(v):
+            raise FpsiamError(f"{where}: key '{name}': must be a finite number, got {v}")
+        allowed = RANGES.get(key)
+        if allowed is not None and not allowed.holds(v):
+            raise FpsiamError(f"{where}: key '{name}': must be {allowed}, got {v:g}")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error line stays one line, whatever the input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text):,} chars)"
 
 
 def _type_name(tp: Any) -> str:
@@ -386,7 +442,7 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     def bad() -> FpsiamError:
-        return FpsiamError(f"{where}: key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return FpsiamError(f"{where}: key '{key}': expected {_type_name(tp)}, got {_short(value)}")
 
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):

@@ -58,3 +58,57 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Non
     with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=indent)
         f.write("\n")
+
+
+MAX_NESTING = 200  # YAML configs nested deeper than this are refused (a config is 3 levels deep)
+
+
+def parse_json(text: str, where: str | os.PathLike) -> Any:
+    """``json.loads`` with every failure one FpsiamError naming ``where`` (and the line for a syntax error)."""
+    from fpsiam.errors import FpsiamError
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FpsiamError(f"{where}:{e.lineno}: not valid JSON ({e.msg}); fix or regenerate the file") from None
+    except RecursionError:
+        raise FpsiamError(
+            f"{where}: nested too deeply to be read (hundreds of levels); not a file fpsiam reads"
+        ) from None  # noqa: E501
+    return data
+
+
+def read_json(path: str | os.PathLike, what: str = "a JSON file") -> Any:
+    """Read and parse a JSON file; missing, unreadable, non-UTF-8, invalid or absurdly nested: one FpsiamError."""
+    from fpsiam.errors import FpsiamError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FpsiamError(f"{path}: file not found; pass {what}") from None
+    except UnicodeDecodeError:
+        raise FpsiamError(f"{path}: not a UTF-8 text file; pass {what}") from None
+    except OSError as e:
+        raise FpsiamError(f"{path}: cannot read ({e.strerror}); pass {what}") from None
+    return parse_json(text, path)
+
+
+def check_nesting(data: Any, where: str | os.PathLike, limit: int = MAX_NESTING, budget: int = 100_000) -> None:
+    """Refuse structures nested deeper than ``limit`` or holding more than ``budget`` values once shared references
+    are expanded (a YAML alias bomb is a few hundred bytes that expand to billions of values)."""
+    from fpsiam.errors import FpsiamError
+
+    stack = [(data, 0)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if depth > limit:
+            raise FpsiamError(f"{where}: nested more than {limit} levels deep; not a file fpsiam writes or reads")
+        if seen > budget:
+            raise FpsiamError(f"{where}: expands to more than {budget:,} values (YAML aliases?); refused")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)

@@ -366,7 +366,7 @@ def test_corrupt_image(tmp_path):
     root = ldpolyp_root(tmp_path / "ld")
     bad = root / "TrainValid/Images/a/2.jpg"
     bad.write_bytes(b"not a jpeg at all")
-    expect_error(tmp_path, "ldpolypvideo", root, bad, "cannot read the image header")
+    expect_error(tmp_path, "ldpolypvideo", root, bad, "cannot decode the image")
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,7 @@ def test_corrupt_image_is_named_at_read(tmp_path: Path) -> None:
     (tmp_path / "v" / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     src = open_frames(tmp_path)
     assert src.read(0).shape == (3, 6, 8)
-    with pytest.raises(FpsiamError, match=r"2\.jpg: cannot decode this image"):
+    with pytest.raises(FpsiamError, match=r"2\.jpg: cannot decode the image"):
         src.read(1)
 
 

@@ -59,9 +59,9 @@ def test_report_command_rebuilds_html_and_table(tmp_path, capsys):
 @pytest.mark.parametrize(
     "text, expect",
     [
-        (None, "cannot read"),
-        ("{not json", "line 1: not valid JSON"),
-        ('{"runs": 3}', "no 'runs' list"),
+        (None, "file not found"),
+        ("{not json", "results.json:1: not valid JSON"),
+        ('{"runs": 3}', "runs: expected a list, got 3"),
         (b"\xff\xfe\x00binary", "not a UTF-8 text file"),
     ],
 )

@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from fpsiam.data.cocojson import image_root, load_coco, relative_file_name, save_coco
+from fpsiam.data.images import image_size, reason
 from fpsiam.errors import FpsiamError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -84,12 +85,15 @@ class CheckReport:
 def _image_size(path: Path, decode: bool) -> tuple[tuple[int, int] | None, str | None]:
     """(width, height) of an image file, or an error text; ``decode`` reads every pixel."""
     try:
-        with Image.open(path) as im:
-            if decode:
+        size = image_size(path)  # header only, and the pixel limit
+        if decode:
+            with Image.open(path) as im:
                 im.load()
-            return im.size, None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return None, f"{type(e).__name__}: {e}"
+        return size, None
+    except FpsiamError as e:
+        return None, str(e).removeprefix(f"{path}: ")
+    except (OSError, ValueError, SyntaxError) as e:
+        return None, f"{type(e).__name__}: {reason(e)}"
 
 
 def check_annotations(ann: Path, images: str | None = None, decode: bool = True) -> CheckReport:

@@ -21,16 +21,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from fpsiam.data.cocojson import CATEGORIES, image_root, load_coco
+from fpsiam.data.images import decode_rgb
 from fpsiam.errors import FpsiamError
 
 POLYP_LABEL = 1
@@ -100,23 +99,6 @@ def coco_api(ann: str | os.PathLike | dict[str, Any]):
     return api
 
 
-def read_image_rgb(path: Path) -> torch.Tensor:
-    """Decode an image file to a uint8 RGB tensor [3, H, W]; FpsiamError naming the file if it can't.
-
-    torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency here); the
-    warning is silenced so that it does not repeat for every frame.
-    """
-    if not path.is_file():
-        raise FpsiamError(f"{path}: image not found; check the json's file_name or pass --images DIR")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FpsiamError(f"{path}: cannot decode the image ({first_line}); replace or remove it") from None
-
-
 class CocoDetection(torch.utils.data.Dataset):
     """Images and polyp boxes of a COCO json (fpsiam.data.cocojson conventions).
 
@@ -168,7 +150,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         record = self.images[index]
         path = self.root / record["file_name"]
-        pixels = read_image_rgb(path)
+        pixels = decode_rgb(path)
         height, width = pixels.shape[-2:]
         anns = self._boxes[record["id"]]
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)

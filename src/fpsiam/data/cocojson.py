@@ -14,13 +14,12 @@ Conventions every converter writes and every reader relies on:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from fpsiam.errors import FpsiamError
-from fpsiam.fileio import write_json
+from fpsiam.fileio import read_json, write_json
 
 POLYP_CATEGORY = {"id": 1, "name": "polyp", "supercategory": "lesion"}
 CATEGORIES = [POLYP_CATEGORY]
@@ -31,13 +30,7 @@ def load_coco(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FpsiamError(f"{path}: annotation file not found; pass the path of a COCO json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise FpsiamError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix or regenerate the file") from None
-    except UnicodeDecodeError:
-        raise FpsiamError(f"{path}: not a UTF-8 text file; pass a COCO json") from None
+    data = read_json(path, "a COCO json")
     if not isinstance(data, dict):
         raise FpsiamError(f"{path}: a COCO json is an object with 'images' and 'annotations'")
     for key in ("images", "annotations"):
@@ -45,7 +38,8 @@ def load_coco(path: str | os.PathLike) -> dict[str, Any]:
             raise FpsiamError(f"{path}: missing the '{key}' list; is this a COCO json?")
         if not isinstance(data[key], list):
             raise FpsiamError(f"{path}: '{key}' must be a list")
-    data.setdefault("categories", list(CATEGORIES))
+    if not isinstance(data.setdefault("categories", list(CATEGORIES)), list):
+        raise FpsiamError(f"{path}: 'categories' must be a list of objects like {POLYP_CATEGORY}")
     return data
 
 

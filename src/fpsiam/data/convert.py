@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -71,7 +70,9 @@ from PIL import Image
 from scipy import ndimage
 
 from fpsiam.data.cocojson import POLYP_CATEGORY, image_root, load_coco, new_coco, relative_file_name, save_coco
+from fpsiam.data.images import image_size
 from fpsiam.errors import FpsiamError
+from fpsiam.fileio import parse_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("ldpolypvideo", "kvasir", "masks", "voc", "yolo", "coco")
@@ -191,20 +192,6 @@ class _Frame:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header; PIL opens lazily, so nothing is decoded."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise FpsiamError(f"{path}: image not found; restore it or remove its annotation") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise FpsiamError(
-            f"{path}: cannot read the image header ({type(e).__name__}: {e}); the file is corrupt or not "
-            "an image: replace or remove it"
-        ) from None
-
-
 def decode_text(data: bytes, path: Path | str) -> str:
     """Decode an annotation file as UTF-8 (a BOM is allowed); errors name the file."""
     try:
@@ -221,10 +208,7 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(decode_text(_read_bytes(path), path))
-    except json.JSONDecodeError as e:
-        raise FpsiamError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix or regenerate the file") from None
+    return parse_json(decode_text(_read_bytes(path), path), path)
 
 
 def _index_images(folder: Path, recursive: bool = True, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict:
@@ -535,6 +519,7 @@ def mask_boxes(mask: np.ndarray, min_area: int) -> tuple[list[tuple[int, int, in
 
 
 def _read_mask(path: Path) -> np.ndarray:
+    image_size(path)  # the pixel limit, before decoding
     try:
         with Image.open(path) as im:
             im.load()

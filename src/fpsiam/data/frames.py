@@ -40,19 +40,15 @@ from typing import Any
 import av
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms.v2 import functional as TF
 
 from fpsiam.data.cocojson import image_root, load_coco
+from fpsiam.data.images import check_pixels, decode_rgb
 from fpsiam.errors import FpsiamError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
 _IMAGE_EXT_BYTES = tuple(e.encode() for e in IMAGE_EXTENSIONS)
 _VIDEO_EXT_BYTES = tuple(e.encode() for e in VIDEO_EXTENSIONS)
-# torchvision decodes these itself (fast, libjpeg-turbo / libpng); the rest go through Pillow.
-_TORCHVISION_DECODES = (".jpg", ".jpeg", ".png")
 _TRAILING_INT = re.compile(rb"(\d+)$")
 _DIGITS = re.compile(rb"(\d+)")
 _REENCODE_HINT = "re-download it or re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`"
@@ -223,9 +219,16 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, list[bytes], list[bytes]]]:
             except OSError:
                 continue
             low = name.lower()
+            if not low.endswith(_IMAGE_EXT_BYTES + _VIDEO_EXT_BYTES):
+                continue
+            if entry.is_symlink() and not os.path.exists(entry.path):
+                raise FpsiamError(
+                    f"{os.fsdecode(entry.path)}: a symbolic link to a missing file; restore its target or delete "
+                    "the link (found while indexing the frames, before any training)"
+                )
             if low.endswith(_IMAGE_EXT_BYTES):
                 images.append(name)
-            elif low.endswith(_VIDEO_EXT_BYTES):
+            else:
                 videos.append(name)
         yield rel, images, sorted(videos, key=_natural_key)
         for name in sorted(subdirs, reverse=True):
@@ -234,25 +237,6 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, list[bytes], list[bytes]]]:
 
 def _to_tensor_rgb(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def _decode_image_file(path: str) -> torch.Tensor:
-    """Decode one image file to uint8 RGB ``[3, H, W]``; errors name the file."""
-    if not os.path.isfile(path):
-        raise FpsiamError(f"{path}: image not found (moved or deleted after the frame index was built?)")
-    try:
-        if path.lower().endswith(_TORCHVISION_DECODES):
-            image = decode_image(read_file(path), mode=ImageReadMode.RGB)
-            if image.dtype != torch.uint8:  # 16-bit PNG
-                image = TF.to_dtype(image, torch.uint8, scale=True)
-            return image
-        with Image.open(path) as im:
-            return _to_tensor_rgb(np.array(im.convert("RGB")))
-    except (RuntimeError, OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).rsplit(", ", 1)[-1] or type(e).__name__  # drop torchvision's C++ source location
-        raise FpsiamError(
-            f"{path}: cannot decode this image ({reason}); replace or delete the file and rebuild the index"
-        ) from None
 
 
 def _check_stride(stride: int) -> int:
@@ -329,7 +313,7 @@ class ImageFolderFrames(FrameSource):
         return os.path.join(self.root, self._dirs[int(self._video[i])], self._names[i])
 
     def read(self, i: int) -> torch.Tensor:
-        return _decode_image_file(self.path_of(i))
+        return decode_rgb(self.path_of(i))
 
     def index_nbytes(self) -> int:
         return super().index_nbytes() + self._names.nbytes
@@ -396,7 +380,7 @@ class CocoFrames(FrameSource):
         return os.path.join(self.root, self._names[self._check(i)])
 
     def read(self, i: int) -> torch.Tensor:
-        return _decode_image_file(self.path_of(i))
+        return decode_rgb(self.path_of(i))
 
     def index_nbytes(self) -> int:
         return super().index_nbytes() + self._names.nbytes
@@ -459,6 +443,7 @@ def _index_video(path: str) -> tuple[np.ndarray, np.ndarray]:
             if not container.streams.video:
                 raise FpsiamError(f"{path}: no video stream in this file; pass a video")
             stream = container.streams.video[0]
+            check_pixels(path, stream.codec_context.width, stream.codec_context.height)
             declared = int(stream.frames or 0)
             pts: list[int] = []
             keys: list[int] = []

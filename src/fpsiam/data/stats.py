@@ -98,7 +98,7 @@ def compute_stats(source: FrameSource, max_frames: int | None = None, seed: int 
     pixels = 0
     total = [0, 0, 0]
     squares = [0, 0, 0]
-    for n, s, q, error in tqdm(loader, total=len(indices), desc="stats", unit="frame", file=sys.stderr):
+    for n, s, q, error in tqdm(loader, total=len(indices), desc="stats", unit="frame", file=sys.stderr, disable=None):
         if error:
             raise FpsiamError(error)
         pixels += int(n)

@@ -156,8 +156,9 @@ def evaluate_file(
 
     from fpsiam.data.coco import CocoDetection, collate_fn, detection_transforms
     from fpsiam.detect.models import load_detector
-    from fpsiam.train.distributed import wants_cuda
+    from fpsiam.train.distributed import check_device, wants_cuda
 
+    check_device(device)
     dev = torch.device(device if device != "auto" else ("cuda" if wants_cuda() else "cpu"))
     model, meta = load_detector(model_path, device=dev)
     dataset = CocoDetection(ann, images, detection_transforms(False), keep_negatives=True)

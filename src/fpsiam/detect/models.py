@@ -553,7 +553,7 @@ def read_detector_meta(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         info = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise FpsiamError(f"{path}: corrupt detector metadata (not JSON)") from None
     if not isinstance(info, dict) or info.get("format") != FILE_FORMAT:
         raise FpsiamError(f"{path}: unknown detector file format {info.get('format')!r}, expected {FILE_FORMAT}")

@@ -52,9 +52,10 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from fpsiam.data.coco import normalise_coco, read_image_rgb
+from fpsiam.data.coco import normalise_coco
 from fpsiam.data.cocojson import image_root, load_coco
 from fpsiam.data.frames import IMAGE_EXTENSIONS
+from fpsiam.data.images import decode_rgb
 from fpsiam.detect.models import IMAGE_MEAN, IMAGE_STD, META_KEY, load_detector
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_path, write_json
@@ -146,7 +147,7 @@ def _as_float_image(image: ImageInput) -> Tensor:
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensors must be [3, H, W], got {tuple(image.shape)}")
         return TF.to_dtype(image, torch.float32, scale=True) if not image.is_floating_point() else image.float()
-    return TF.to_dtype(read_image_rgb(Path(image)), torch.float32, scale=True)
+    return TF.to_dtype(decode_rgb(image), torch.float32, scale=True)
 
 
 def _to_uint8_hwc(image: Tensor) -> np.ndarray:

@@ -39,7 +39,6 @@ from typing import Any
 
 import yaml
 
-from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_open
 from fpsiam.report import plots
 from fpsiam.report.plots import (
@@ -52,6 +51,7 @@ from fpsiam.report.plots import (
     percent,
     runs_by,
 )
+from fpsiam.report.schema import check_results
 
 TABLE_METRICS = ("mAP", "AP50", "AP75")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -619,10 +619,8 @@ def _top_note(results: dict[str, Any]) -> str:
     return f" Runs fine-tuned on {percent(plots.top_fraction(results))} of the labels."
 
 
-def _checked(results: Any) -> dict[str, Any]:
-    if not isinstance(results, dict):
-        raise FpsiamError("results: expected a JSON object (the experiment's results.json)")
-    return results
+def _checked(results: Any, where: str = "results") -> dict[str, Any]:
+    return check_results(results, where)
 
 
 def _render(results: dict[str, Any], base_dir: Path, efficiency: bytes | None) -> str:
@@ -686,13 +684,13 @@ def render_report(results: dict[str, Any], base_dir: Path) -> str:
     return _render(results, Path(base_dir), plots.label_efficiency_plot(results))
 
 
-def write_report(results: dict[str, Any], out_html: Path) -> Path:
+def write_report(results: dict[str, Any], out_html: Path, where: str = "results") -> Path:
     """Render the report and write it atomically to ``out_html``; images are read relative to its folder.
 
     With two or more label fractions the label-efficiency plot is also written beside it, atomically, as
     ``label_efficiency.png`` (for slides and papers; the report embeds its own copy).
     """
-    results, out_html = _checked(results), Path(out_html)
+    results, out_html = _checked(results, where), Path(out_html)
     efficiency = plots.label_efficiency_plot(results)
     text = _render(results, out_html.parent, efficiency)
     if efficiency is not None:

@@ -111,11 +111,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FpsiamError(
-            f"{path}: cannot be read as a safe checkpoint ({first[:200]}); it may be truncated, "
-            "or hold pickled objects (only tensors/dicts load with weights_only=True)"
-        ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:  # the reason first: what the file would have run
+            why = f"it holds pickled Python objects ({found.group(1)}), which fpsiam never unpickles"
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            why = f"{first[:160]}; it may be truncated or damaged"
+        raise FpsiamError(f"{path}: cannot be read as a safe checkpoint: {why}") from None
     if not isinstance(obj, dict):
         raise FpsiamError(f"{path}: not an fpsiam checkpoint (a {type(obj).__name__}, expected a dict)")
     return obj

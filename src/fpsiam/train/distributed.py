@@ -39,12 +39,25 @@ def wants_cuda(device: str = "auto") -> bool:
     return torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
 
 
+def check_device(device: str) -> None:
+    """A CUDA device asked for explicitly must exist (``auto`` falls back to the CPU)."""
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= count:
+            from fpsiam.errors import FpsiamError
+
+            have = f"{count} CUDA device(s)" if count else "no CUDA GPU (torch.cuda.is_available() is False)"
+            raise FpsiamError(f"device '{device}': this machine has {have}; use device auto or cpu")
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Read torchrun's environment, pick the device and start the process group when world_size > 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = wants_cuda(device)
+    check_device(device)
     if use_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
