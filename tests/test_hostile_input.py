@@ -6,6 +6,7 @@ values outside their range, decompression bombs, dangling links, pickles, YAML a
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
@@ -212,3 +213,24 @@ def test_permission_denied_for_another_user(synth, tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and expect in proc.stderr, proc.stderr
     assert os.listdir(locked) == []
+
+
+def test_report_embeds_only_its_own_images_and_table_md_is_escaped(tmp_path, capsys):
+    from PIL import Image
+
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    out = tmp_path / "exp"
+    out.mkdir()
+    results = {
+        "title": "t --> <script>alert(1)</script>",
+        "runs": [{"arm": "<b>x</b>|y", "detector": "retinanet", "seed": 0, "status": "done",
+                  "metrics": {"mAP": 0.1, "AP50": 0.2, "AP75": 0.05}, "samples": [{"png": "../secret.png"}]}],
+    }  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(out / "results.json")]) == 0
+    html = (out / "report.html").read_text()
+    assert "outside the report" in html and base64.b64encode(outside.read_bytes()).decode() not in html
+    table = (out / "table.md").read_text()
+    assert "<script>" not in table and "<b>" not in table and "&lt;b&gt;x&lt;/b&gt;\\|y" in table
+    assert table.splitlines()[0].count("-->") == 1  # the title cannot end the comment early

@@ -202,7 +202,9 @@ def _file_img(base_dir: Path, rel: Any, alt: str) -> str:
     """A PNG / JPEG file of the results (path relative to ``base_dir``) as an embedded image, or a note."""
     if not isinstance(rel, str) or not rel:
         return '<span class="note">no image path</span>'
-    path = base_dir / rel
+    path = (base_dir / rel).resolve()
+    if not path.is_relative_to(base_dir.resolve()):  # a results.json may name any file: embed only our own
+        return f'<span class="note">image outside the report\'s folder, not embedded: {esc(rel)}</span>'
     try:
         data = path.read_bytes()
     except OSError:

@@ -15,11 +15,22 @@ run with the baseline's run of the same detector, label fraction and seed.
 
 from __future__ import annotations
 
+import html
 import statistics
 from typing import Any
 
 from fpsiam.report.html import TABLE_METRICS, _pct, labels_note, summary_table
 from fpsiam.report.plots import _metric, _order, _runs, label_fractions, percent, run_labels
+
+
+def _comment(text: Any) -> str:
+    """Text safe inside an HTML comment: no ``--`` (which ends it in some readers) and no ``>``."""
+    return str(text).replace("--", "- -").replace(">", "&gt;").replace("\n", " ")
+
+
+def md(text: Any) -> str:
+    """A name (arm, detector) as a Markdown table cell: HTML escaped, no cell separators or line breaks."""
+    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
 
 
 def _cell(c: dict[str, Any]) -> str:
@@ -35,7 +46,7 @@ def main_table(results: dict[str, Any]) -> str:
     head = (
         "| method | "
         + ("labels | " if multi else "")
-        + " | ".join(f"{d} {m}" for d in detectors for m in TABLE_METRICS)
+        + " | ".join(f"{md(d)} {m}" for d in detectors for m in TABLE_METRICS)
         + " | seeds |"
     )
     sep = "|---|" + ("---:|" if multi else "") + "---:|" * (len(detectors) * len(TABLE_METRICS)) + "---|"
@@ -52,7 +63,7 @@ def main_table(results: dict[str, Any]) -> str:
                     cells += [why] + ["—"] * (len(TABLE_METRICS) - 1)
                 else:
                     cells += [_cell(row[k]) for k in TABLE_METRICS]
-            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {', '.join(sorted(seeds)) or '—'} |")
+            lines.append(f"| {md(arm)} | " + " | ".join(cells) + f" | {', '.join(sorted(seeds)) or '—'} |")
     return "\n".join(lines)
 
 
@@ -91,7 +102,7 @@ def seed_table(results: dict[str, Any], metric: str = "mAP", baseline: str | Non
                 if not got:
                     continue
                 mean, std = statistics.mean(got), (statistics.stdev(got) if len(got) > 1 else None)
-                line = f"| {arm} | {det} | " + (f"{percent(labels)} | " if multi else "")
+                line = f"| {md(arm)} | {md(det)} | " + (f"{percent(labels)} | " if multi else "")
                 line += " | ".join(_pct(v) for v in vals) + f" | {_pct(mean, std)}"
                 if baseline:
                     line += " | " + _gap(value, arm, baseline, (det, labels), seeds)
@@ -104,7 +115,7 @@ def markdown_report(results: dict[str, Any]) -> str:
     sources = sorted({str(r["metrics_source"]) for r in _runs(results) if r.get("metrics_source")})
     multi = len(label_fractions(results)) > 1
     parts = [
-        f"<!-- {results.get('title', 'fpsiam experiment')}; written by fpsiam from results.json -->",
+        f"<!-- {_comment(results.get('title', 'fpsiam experiment'))}; written by fpsiam from results.json -->",
         main_table(results),
         "",
         "COCO box AP on the test set, in %; mean ± sample std over seeds; "
