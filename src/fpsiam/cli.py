@@ -394,22 +394,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="frozen-backbone linear + kNN probe: polyp vs mucosa crops (did pretraining learn anything?)",
         description="Score frozen backbones with a linear (logistic regression) and a kNN-20 probe of their pooled "
         "C5 features: polyp crops vs mucosa crops of a COCO json with boxes (or whole frames with vs without "
-        "boxes, --mode frames). The held-out part is --test, or a --holdout fraction of ANN's frames (whole "
-        "videos). Each seed redraws the mucosa crops and that split; the table gives mean +- std over seeds.",
+        "boxes, --mode frames). The held-out part is --test; without it ANN is cross-validated in folds of whole "
+        "videos (each --holdout of it), so every example is scored once. Each seed redraws the mucosa crops and the "
+        "folds; the table gives mean +- std over seeds.",
         epilog="example: fpsiam probe random runs/fpsiam_synth fpsiam=runs/fpsiam_synth/backbone.safetensors "
         "--ann data/synth/split/train.json --arch resnet18 -o probe.json",
     )
     p.add_argument("backbones", nargs="+", metavar="BACKBONE",
                    help="[NAME=]random | imagenet | weights file | pretraining run folder")  # fmt: skip
     p.add_argument("--ann", required=True, help="COCO json with boxes (the probe's train part, or all of it)")
-    p.add_argument("--test", help="held-out COCO json (default: hold out --holdout of ANN's frames)")
+    p.add_argument("--test", help="held-out COCO json (default: cross-validate ANN)")
     p.add_argument("--images", help="images root for the jsons (default: each json's folder)")
     p.add_argument("--mode", choices=["crops", "frames"], default="crops",
                    help="crops: polyp vs mucosa crops (default); frames: frames with vs without boxes")  # fmt: skip
     p.add_argument("--bn", choices=["data", "own"], default="data",
-                   help="data: re-estimate each backbone's BN statistics on the probe's train part first (default, "
+                   help="data: re-estimate each backbone's BN statistics on the probe's examples first (default, "
                    "fair to random init); own: keep the backbone's statistics")  # fmt: skip
-    p.add_argument("--holdout", type=float, default=0.25, help="fraction of ANN held out without --test (0.25)")
+    p.add_argument("--holdout", type=float, default=0.25,
+                   help="without --test: the fraction each fold holds out (0.25: 4 folds)")  # fmt: skip
     p.add_argument("--size", type=int, default=128, help="examples resized to SIZE x SIZE (128)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds (0 1 2)")
     p.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"],

@@ -132,12 +132,12 @@ class ProbeConfig:
 
     ann: str = ""  # labeled COCO json (boxes); empty: no probe during pretraining
     images: str | None = None  # images root for ann/test (default: each json's folder)
-    test: str | None = None  # held-out COCO json; default: carve ``holdout`` of ann's frames (whole videos)
-    holdout: float = 0.25  # fraction of ann's frames held out when there is no test json
+    test: str | None = None  # held-out COCO json; default: cross-validate ann in folds of whole videos
+    holdout: float = 0.25  # without a test json: each fold holds out this fraction (0.25: 4 folds)
     mode: Literal["crops", "frames"] = "crops"  # polyp vs mucosa crops, or whole frames with vs without boxes
     size: int = 128  # examples resized to size x size
     bn: Literal["data", "own"] = "data"  # data: BN statistics re-estimated on the probe's train part (precise BN)
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])  # each redraws mucosa patches + the carve
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])  # each redraws mucosa patches + the folds
     every: int = 5  # during pretraining: probe before the first epoch, every n epochs and after the last
 
 

@@ -14,7 +14,7 @@ from fpsiam.data.cocojson import load_coco, save_coco
 from fpsiam.data.synthetic import SynthOptions, generate
 from fpsiam.errors import FpsiamError
 from fpsiam.ssl.encoders import build_resnet
-from fpsiam.ssl.probe import Probe, carve, knn_probe, linear_probe, markdown_table, read_examples, run_probe
+from fpsiam.ssl.probe import Probe, folds, knn_probe, linear_probe, markdown_table, read_examples, run_probe
 from fpsiam.weights import save_backbone
 
 
@@ -36,12 +36,15 @@ def test_examples_polyp_and_mucosa_crops_per_seed(synth):
     assert torch.equal(x0[0], x1[0])  # the polyp crop is the same
 
 
-def test_carve_keeps_groups_whole_and_varies_with_seed():
+def test_folds_keep_groups_whole_cover_everything_once_and_vary_with_seed():
     groups = [f"v{i // 4}" for i in range(40)]
-    tr, te = carve(groups, 0.25, seed=0)
-    assert sorted(tr + te) == list(range(40)) and len(te) == 12  # 3 of 10 videos: at least 25 %
-    assert not {groups[i] for i in tr} & {groups[i] for i in te}
-    assert carve(groups, 0.25, seed=1)[1] != te
+    splits = folds(groups, 4, seed=0)
+    held = [i for _, te in splits for i in te]
+    assert sorted(held) == list(range(40))  # every example scored exactly once
+    for tr, te in splits:
+        assert sorted(tr + te) == list(range(40)) and 8 <= len(te) <= 12
+        assert not {groups[i] for i in tr} & {groups[i] for i in te}
+    assert [te for _, te in folds(groups, 4, seed=1)] != [te for _, te in splits]
 
 
 def test_linear_and_knn_separate_separable_features():
