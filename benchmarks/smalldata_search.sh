@@ -27,6 +27,7 @@ declare -A SETTINGS=(
   [const_lr006_wd5e-4]="optim.lr=0.48 optim.weight_decay=5e-4 optim.schedule=constant train.epochs=40"
   [cos_lr01_wd5e-4]="optim.lr=0.8 optim.weight_decay=5e-4 optim.schedule=cosine train.epochs=40"
   [const_lr006_wd5e-4_96px]="optim.lr=0.48 optim.weight_decay=5e-4 optim.schedule=constant train.epochs=60 data.size=96"
+  [const_lr006_wd5e-4_64px_200ep]="optim.lr=0.48 optim.weight_decay=5e-4 optim.schedule=constant train.epochs=200 data.size=64 probe.every=10"
   [const_lr006_wd5e-4_weakcolor]="optim.lr=0.48 optim.weight_decay=5e-4 optim.schedule=constant train.epochs=40 data.color_jitter=0.1 data.grayscale=0"
 )
 ORDER=(const_lr006_wd5e-4 cos_lr01_wd5e-4 const_lr006_wd5e-4_96px paper_cos_lr005_wd1e-4)
