@@ -1,9 +1,10 @@
 """Does our detection engine cost anything? Our train step / inference vs the same torchvision model called directly.
 
-Ours: ``fpsiam.detect.engine.train_one_epoch`` (one step) and ``fpsiam.detect.engine.predict`` (which also
-converts outputs to COCO results). Direct: ``model(images, targets)`` + ``sum(losses).backward()`` +
-``optimizer.step()``, and ``model(images)`` under ``torch.inference_mode()``. Same model object, same batches,
-timed alternately in one run (round-robin, order rotated every round), medians. Target: ratio <= 1.02.
+Ours: the training engine's step (``fpsiam.train.loop.Engine.step``, detection's task) and
+``fpsiam.detect.engine.predict`` (which also converts outputs to COCO results). Direct: ``model(images, targets)`` +
+``sum(losses).backward()`` + ``optimizer.step()``, and ``model(images)`` under ``torch.inference_mode()``. Same model
+object, same batches, timed alternately in one run (round-robin, order rotated every round), medians. Target: ratio <=
+1.02.
 
     .venv/bin/python benchmarks/detect_overhead.py [--rounds 10] [--size 256] [--batch 2] [--threads 2]
 """
@@ -16,8 +17,12 @@ import time
 
 import torch
 
-from fpsiam.detect.engine import predict, train_one_epoch
+from fpsiam.config import DetectConfig, load_config
+from fpsiam.detect.engine import predict
 from fpsiam.detect.models import build_detector
+from fpsiam.detect.train import DetectTask
+from fpsiam.train.distributed import DistEnv
+from fpsiam.train.loop import Engine, LoopSettings
 
 
 def batch(n: int, size: int, seed: int):
@@ -40,8 +45,11 @@ def measure(kind: str, arch: str, size: int, n: int, rounds: int) -> dict[str, f
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     images, targets = batch(n, size, 0)
 
+    task = DetectTask.without_data(load_config(DetectConfig, None, ["optim.warmup_iters=0"]), base_lr=1e-4)
+    engine = Engine(task, LoopSettings(epochs=1, batch_size=n), "unused", None, DistEnv()).attach(model, opt)
+
     def ours_train():
-        train_one_epoch(model, opt, [(images, targets)], cpu, lambda i: 1e-4, 0, 1)
+        engine.step((images, targets))
 
     def direct_train():
         model.train()

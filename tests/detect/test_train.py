@@ -119,6 +119,7 @@ def test_pretrained_backbone_file_loads_and_wrong_one_fails(synth, tmp_path, cap
     save_file({k: v.contiguous() for k, v in build_resnet("resnet50").state_dict().items()}, bad)
     preset = Path(__file__).parents[2] / "configs" / "faster_rcnn_r18_fpn_cpu.yaml"
     sets = [x for s in TINY for x in ("--set", s) if "backbone" not in s]
+    capsys.readouterr()  # the good run's output
     code = main(["detect", "train", str(preset), "--train", str(synth["train"]), "--val", str(synth["test"]),
                  "--backbone", str(bad), "-o", str(tmp_path / "bad"), *sets])  # fmt: skip
     assert code == 2

@@ -1,15 +1,16 @@
-"""One training epoch and inference over a dataset (torchvision references/detection/engine.py, reshaped).
+"""Detection's schedule and inference over a dataset (torchvision references/detection/engine.py, reshaped).
 
-``images + boxes -> detector -> predictions``: :func:`train_one_epoch` runs the SGD steps with the paper's
-warm-up and step schedule; :func:`predict` runs the detector over a dataset and returns COCO results
-(the input of :mod:`fpsiam.detect.evaluate`), timing the model alone and the whole predict path.
+``images + boxes -> detector -> predictions``: :func:`step_lr` is the paper's warm-up and step schedule (the
+steps themselves run on the one training engine, :mod:`fpsiam.train.loop`); :func:`predict` runs the detector
+over a dataset and returns COCO results (the input of :mod:`fpsiam.detect.evaluate`), timing the model alone and
+the whole predict path; :func:`evaluate_file` is ``fpsiam detect eval``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,70 +38,6 @@ def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.dev
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
     return images, targets
-
-
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Iterable,
-    device: torch.device,
-    lr_at: Callable[[int], float],
-    first_iteration: int,
-    max_steps: int,
-    autocast_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    clip_grad_norm: float | None = None,
-) -> int:
-    """SGD over ``batches`` until ``max_steps`` steps; ``lr_at(global_iteration)`` sets the lr each step.
-
-    ``clip_grad_norm``: clip the global gradient norm to this value before each step (None: no clipping);
-    the pre-clip norm is reported to ``on_step`` as ``grad_norm`` either way, so divergence shows up early.
-    A step whose gradient norm is not finite never updates the weights: it is skipped and reported to
-    ``on_step`` as ``skipped`` = 1 (the caller counts them and stops the run past its limit).
-
-    Returns the number of steps done. Raises FloatingPointError on a non-finite loss (the caller turns it
-    into a clear message and keeps the last good checkpoint).
-    """
-    model.train()
-    params = [p for group in optimizer.param_groups for p in group["params"]]  # clip_grad_norm_ skips grad None
-    max_norm = clip_grad_norm or float("inf")  # inf: measure the norm, clip nothing
-    iteration = first_iteration
-    steps = 0
-    for images, targets in batches:
-        images, targets = to_device(images, targets, device)
-        lr = lr_at(iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            losses = model(images, targets)
-        names = sorted(losses)
-        loss = sum(losses[k] for k in names)
-        values = reduce(torch.stack([losses[k].detach().float() for k in names] + [loss.detach().float()]))
-        if not bool(torch.isfinite(values).all()):
-            raise FloatingPointError(dict(zip([*names, "loss"], values.tolist(), strict=True)))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # so the norm (and the clip) is in real gradient units
-        else:
-            loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        finite = bool(torch.isfinite(grad_norm))
-        if scaler is not None:
-            scaler.step(optimizer)  # skips the update itself when the (fp16) gradients overflowed
-            scaler.update()
-        elif finite:
-            optimizer.step()
-        iteration += 1
-        steps += 1
-        if on_step is not None:
-            logged = dict(zip([*names, "loss"], values.tolist(), strict=True))
-            on_step(iteration, {**logged, "lr": lr, "grad_norm": float(grad_norm), "skipped": float(not finite)})
-        if steps >= max_steps:
-            break
-    return steps
 
 
 @torch.inference_mode()
