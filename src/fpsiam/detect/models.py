@@ -31,7 +31,9 @@ What follows the reference (MMDetection 2.26 configs used by the paper) and wher
   on 0-255 RGB, given here on 0-1 images as torchvision expects).
 
 Model files (:func:`save_detector` / :func:`load_detector`) are safetensors with the full state_dict and
-the build arguments as JSON metadata -- never pickle.
+the build arguments as JSON metadata -- never pickle. The metadata also holds what inference needs without
+rebuilding the model (:func:`inference_meta`: mean/std, padding, the reporting ``score_threshold``).
+Every detector here scripts with ``torch.jit.script`` (``fpsiam export``; see :class:`L1RoIHeads`).
 """
 
 from __future__ import annotations
@@ -134,6 +136,9 @@ GN_BOX_CONVS = 4
 
 FILE_FORMAT = "fpsiam-detector/1"
 META_KEY = "fpsiam_detector"
+# Score at or above which a box is reported by inference (``fpsiam predict``, fpsiam.api.Detector) unless the
+# caller passes another; stored in every model file as ``score_threshold`` (pass it in ``meta`` to change it).
+DEFAULT_SCORE_THRESHOLD = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,7 +284,13 @@ class L1RegionProposalNetwork(RegionProposalNetwork):
 
 
 class L1RoIHeads(RoIHeads):
-    """torchvision's box-only RoIHeads with an L1 box loss in training; inference is unchanged."""
+    """torchvision's box-only RoIHeads with an L1 box loss in training; inference is unchanged.
+
+    ``forward`` is written out rather than delegating to ``super().forward`` because TorchScript cannot call
+    a parent's ``forward`` (``fpsiam export --format torchscript`` scripts the whole detector). The inference
+    branch is the op sequence of ``RoIHeads.forward`` for a box-only head (pool, box head, predictor,
+    ``postprocess_detections``), so its outputs are torchvision's, bit for bit; training is :meth:`l1_losses`.
+    """
 
     def forward(
         self,
@@ -288,8 +299,26 @@ class L1RoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        if not self.training:
-            return super().forward(features, proposals, image_shapes, targets)
+        result: list[dict[str, Tensor]] = []
+        if self.training:
+            if targets is None:
+                raise ValueError("L1RoIHeads: training needs targets")
+            return result, self.l1_losses(features, proposals, image_shapes, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        for i in range(len(boxes)):
+            result.append({"boxes": boxes[i], "labels": labels[i], "scores": scores[i]})
+        return result, {}
+
+    def l1_losses(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """torchvision's ``fastrcnn_loss`` on the sampled RoIs, with L1 instead of smooth-L1 for the boxes."""
         proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
@@ -301,7 +330,7 @@ class L1RoIHeads(RoIHeads):
         loss_box_reg = (
             _box_regression_loss(box_regression[pos, labels_all[pos]], targets_all[pos], "l1") / labels_all.numel()
         )
-        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
 
 # ------------------------------------------------------------------------------------------ detectors
@@ -518,16 +547,29 @@ def save_detector(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any
     """Write ``model`` as safetensors (full state_dict) with its :class:`DetectorSpec` + ``meta`` as JSON metadata.
 
     ``meta`` must be JSON-serialisable (e.g. epoch, metrics, the backbone's source); its keys may not
-    contradict the spec's (kind, arch, ...). Written atomically; returns ``path``.
+    contradict the spec's (kind, arch, ...). Besides the spec, the file records what inference needs without
+    rebuilding the model (:func:`inference_meta`): ``image_mean`` / ``image_std`` (0-1 RGB), ``size_divisible``
+    and ``score_threshold`` (``meta['score_threshold']`` or :data:`DEFAULT_SCORE_THRESHOLD`).
+    Written atomically; returns ``path``.
     """
     from safetensors.torch import save_file
 
-    spec = dataclasses.asdict(_spec_of(model))
+    t = model.transform
+    derived = {
+        **dataclasses.asdict(_spec_of(model)),
+        "image_mean": [float(v) for v in t.image_mean],
+        "image_std": [float(v) for v in t.image_std],
+        "size_divisible": int(t.size_divisible),
+    }
     meta = dict(meta or {})
-    for key, value in spec.items():
+    for key, value in derived.items():
         if key in meta and meta[key] != value:
             raise ValueError(f"meta['{key}']={meta[key]!r} contradicts the model's {key}={value!r}")
-    info = {**meta, **spec, "format": FILE_FORMAT, "init": getattr(model, "init_message", "")}
+    threshold = meta.get("score_threshold", DEFAULT_SCORE_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"meta['score_threshold']={threshold!r}: expected a number in [0, 1]")
+    info = {**meta, **derived, "score_threshold": float(threshold), "format": FILE_FORMAT,
+            "init": getattr(model, "init_message", "")}  # fmt: skip
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(info)})
@@ -558,6 +600,25 @@ def read_detector_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(info, dict) or info.get("format") != FILE_FORMAT:
         raise FpsiamError(f"{path}: unknown detector file format {info.get('format')!r}, expected {FILE_FORMAT}")
     return info
+
+
+def inference_meta(info: dict[str, Any]) -> dict[str, Any]:
+    """What inference needs from a model file's metadata (:func:`read_detector_meta`), JSON-ready.
+
+    Files written before these keys existed get the values every detector of this module is built with
+    (the LDPolypVideo mean/std, padding to /32) and :data:`DEFAULT_SCORE_THRESHOLD`.
+    """
+    return {
+        "kind": info.get("kind"),
+        "arch": info.get("arch"),
+        "num_classes": int(info.get("num_classes", 2)),
+        "min_size": int(info.get("min_size", 480)),
+        "max_size": int(info.get("max_size", 480)),
+        "image_mean": [float(v) for v in info.get("image_mean", IMAGE_MEAN)],
+        "image_std": [float(v) for v in info.get("image_std", IMAGE_STD)],
+        "size_divisible": int(info.get("size_divisible", SIZE_DIVISIBLE)),
+        "score_threshold": float(info.get("score_threshold", DEFAULT_SCORE_THRESHOLD)),
+    }
 
 
 def load_detector(
@@ -621,6 +682,7 @@ def _check_state_dict(path: Path, spec: DetectorSpec, expected: dict[str, Tensor
 
 
 __all__ = [
+    "DEFAULT_SCORE_THRESHOLD",
     "DetectorSpec",
     "L1RegionProposalNetwork",
     "L1RoIHeads",
@@ -630,6 +692,7 @@ __all__ = [
     "convert_sync_bn",
     "describe",
     "freeze_stem",
+    "inference_meta",
     "init_resnet",
     "load_detector",
     "read_detector_meta",
