@@ -44,3 +44,40 @@ def test_missing_required_argument_is_usage_error():
     with pytest.raises(SystemExit) as e:
         main(["data", "convert", "x"])
     assert e.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory):
+    from fpsiam.data.synthetic import SynthOptions, generate
+    from fpsiam.detect.models import build_detector, save_detector
+
+    root = tmp_path_factory.mktemp("pred")
+    generate(root / "synth", SynthOptions(videos=1, frames=6, width=80, height=64, seed=4))
+    model = save_detector(build_detector("retinanet", "resnet18", min_size=64, max_size=64), root / "m.safetensors")
+    return root, model
+
+
+def test_predict_and_export_commands(tiny_detector, tmp_path, capsys):
+    root, model = tiny_detector
+    video = next((root / "synth" / "videos").glob("*.mp4"))
+    assert (
+        main(["predict", str(model), str(video), "-o", str(tmp_path / "p"), "--smooth", "--score-threshold", "0.01"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("6 frames: model ") and "end of the stream" in out
+    assert {p.name for p in (tmp_path / "p").iterdir()} >= {"predictions.json", "frames.jsonl", "annotated.mp4"}
+    assert main(["export", str(model), "--format", "torchscript", "-o", str(tmp_path / "m.pt")]) == 0
+    assert (tmp_path / "m.pt").is_file()
+    assert main(["predict", str(tmp_path / "m.pt"), str(root / "synth" / "frames"), "-o", str(tmp_path / "q"),
+                 "--no-video"]) == 0  # fmt: skip
+    capsys.readouterr()
+    for argv, expect in (
+        (["predict", str(root / "synth" / "annotations.json"), str(video), "-o", str(tmp_path / "x")], "annotations"),
+        (["predict", str(model), "rtsp://127.0.0.1:9/none", "-o", str(tmp_path / "y")], "rtsp://127.0.0.1:9/none"),
+        (["export", str(model), "-o", str(tmp_path / "missing" / "m.onnx")], "missing"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expect in err, err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

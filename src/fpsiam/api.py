@@ -194,12 +194,19 @@ class Detector:
 
 
 def _file_kind(path: Path) -> str:
-    """Which backend a file is for, by its name: .onnx, a TorchScript export, else a PyTorch detector file."""
+    """Which backend a file is for: by its name (.onnx, a TorchScript export), else by its first bytes (a TorchScript
+    file is a zip archive), else a PyTorch detector file (safetensors)."""
     name = path.name.lower()
     if name.endswith(".onnx"):
         return "onnxruntime"
     if name.endswith((".torchscript.pt", ".torchscript", ".ts", ".jit.pt")):
         return "torchscript"
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                return "torchscript"
+    except OSError:
+        pass
     return "torch"
 
 

@@ -193,6 +193,30 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fpsiam.detect.predict import predict_source
+    from fpsiam.detect.track import TrackConfig
+
+    smooth = None
+    if args.smooth:
+        smooth = TrackConfig(iou=args.track_iou, k=args.track_k, n=args.track_n, hold=args.track_hold)
+    s = predict_source(args.model, args.source, args.output, score_threshold=args.score_threshold,
+                       batch_size=args.batch_size, device=args.device, smooth=smooth, backend=args.backend,
+                       write_video=not args.no_video, max_frames=args.max_frames, images=args.images)  # fmt: skip
+    fps = {k: f"{s[k]:.1f}" if s.get(k) is not None else "-" for k in ("model_fps", "end_to_end_fps")}
+    print(f"{s['frames']} frames: model {fps['model_fps']} FPS, end-to-end {fps['end_to_end_fps']} FPS, dropped "
+          f"{s['dropped_frames']}; {s['end_reason']}")  # fmt: skip
+    print(f"outputs: {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fpsiam.detect.export import export_model
+
+    print(export_model(args.model, args.format, args.output, opset=args.opset, size=args.size))
+    return 0
+
+
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from fpsiam.explain.gradcam import gradcam_command
 
@@ -469,6 +493,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, default=0.5, help="fixed score threshold for clinical metrics")
     p.set_defaults(func=cmd_detect_eval)
+
+    p = sub.add_parser(
+        "predict",
+        help="run a detector on images, a folder, a COCO json, a video or a live stream",
+        description="Detect polyps in SOURCE: an image, a folder of images, a COCO json (boxes not needed), a video "
+        "file (mp4/avi/mkv/mov) or a stream PyAV opens (rtsp://, http(s)://, a capture device, '-' for stdin). "
+        "Video is streamed (decode, inference and encoding overlap; memory does not grow with its length). Writes "
+        "OUT/predictions.json (COCO results), OUT/frames.jsonl (one line per frame), OUT/annotated.mp4 (video) and "
+        "OUT/summary.json (frames, model vs end-to-end FPS, dropped frames). A source that ends mid-way still "
+        "leaves complete files of the frames processed.",
+        epilog="example: fpsiam predict runs/retina/last.safetensors procedure.mp4 -o out/procedure --smooth",
+    )
+    p.add_argument("model", help="detector file (last.safetensors), or its ONNX / TorchScript export")
+    p.add_argument("source", help="image, folder, COCO json, video file, stream URL or device")
+    p.add_argument("-o", "--output", required=True, help="output folder (its parent must exist)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="report boxes scoring at least this (default: the model file's, 0.5 unless set)")  # fmt: skip
+    p.add_argument("--smooth", action="store_true",
+                   help="video: track boxes over frames and report a polyp after k of n frames, held through short "
+                   "dropouts (temporal smoothing against flicker)")  # fmt: skip
+    p.add_argument("--track-iou", type=float, default=0.3, help="--smooth: IoU that continues a track (0.3)")
+    p.add_argument("--track-k", type=int, default=3, help="--smooth: matched in k ... (3)")
+    p.add_argument("--track-n", type=int, default=5, help="--smooth: ... of the last n frames before reported (5)")
+    p.add_argument(
+        "--track-hold", type=int, default=5, help="--smooth: frames a reported polyp is held when missed (5)"
+    )
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "torchscript"], default="auto",
+                   help="auto: by the model file's type")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
+    p.add_argument("--images", help="images root of a COCO json SOURCE (default: the json's folder)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export",
+        help="export a detector to ONNX or TorchScript (with the metadata inference needs)",
+        description="Write a detector file as ONNX (runs in ONNX Runtime / TensorRT) or TorchScript. The export "
+        "takes one RGB image in 0..1 at its own size (resize, normalisation and padding are inside), returns "
+        "boxes, scores and labels, and carries the architecture, input size, mean/std and score threshold as "
+        "metadata. `fpsiam predict FILE.onnx` runs it.",
+        epilog="example: fpsiam export runs/retina/last.safetensors --format onnx -o runs/retina/model.onnx",
+    )
+    p.add_argument("model", help="detector file written by `fpsiam detect train`")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("-o", "--output", help="output file (default: beside the model)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="ONNX: a fixed input size (default: any)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "gradcam",
