@@ -1,6 +1,6 @@
 """Frame index benchmark: how long and how much memory the index of a large image tree takes.
 
-LDPolypVideo's pretraining set is 861,400 frames in 103 video folders (DESIGN §4). This script builds
+LDPolypVideo's pretraining set is 861,400 frames in 103 video folders (docs/data.md). This script builds
 a tree of ``--frames`` files in ``--videos`` folders (zero-length ``.jpg`` files: indexing only lists
 names, it never opens a file), times ``open_frames(root)``, measures the index memory three ways
 (``frame_index_nbytes``, the tracemalloc peak while building, the process RSS delta) and projects each

@@ -6,7 +6,7 @@
 ``iscrowd``. Because the boxes are ``tv_tensors``, every :mod:`torchvision.transforms.v2` transform
 (resize, flip, crop) moves them with the image.
 
-Resizing to the paper's 480 px and normalising with the dataset statistics (DESIGN §2) are *not* done
+Resizing to the paper's 480 px and normalising with the dataset statistics (docs/detection.md) are *not* done
 here: torchvision's detectors do both in their ``GeneralizedRCNNTransform`` (``min_size=max_size=480``,
 ``image_mean``/``image_std``), so the dataset hands over 0..1 images at their own size.
 :func:`resize_transform` is there for CPU-sized runs that want smaller images earlier.
@@ -186,7 +186,7 @@ def sanitize() -> v2.SanitizeBoundingBoxes:
 
 
 def detection_transforms(train: bool, hflip: float = 0.5) -> v2.Compose:
-    """The paper's detection augmentation (DESIGN §2): horizontal flip 0.5 when training, else nothing.
+    """The paper's detection augmentation (docs/detection.md): horizontal flip 0.5 when training, else nothing.
 
     Both end in ``ToDtype(float32, scale=True)`` (0..1). The resize to 480 px and the normalisation
     (mean 168.81/104.04/73.95, std 68.595/52.785/41.82 on 0-255) happen inside the torchvision

@@ -1,4 +1,4 @@
-"""Every public polyp format -> COCO json (DESIGN §4), the project's one internal format.
+"""Every public polyp format -> COCO json (docs/data.md), the project's one internal format.
 
 Each ``from_<format>(src, out, options, images=None)`` reads one source format and returns the COCO dict
 (conventions in :mod:`fpsiam.data.cocojson`); :func:`convert_dataset` dispatches on the format name,

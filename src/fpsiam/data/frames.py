@@ -6,7 +6,7 @@
   holds images is one *video*, named by its path relative to the root; a frame's index is the trailing
   integer of its file name (``000123.jpg`` -> 123), or its natural-sort position in the folder when not
   every name in that folder carries a distinct one. This covers the LDPolypVideo pretraining layout
-  (DESIGN §4): pass ``PreTrain/`` and the videos are ``VideosWithPolyps/Images/<video>`` and
+  (docs/data.md): pass ``PreTrain/`` and the videos are ``VideosWithPolyps/Images/<video>`` and
   ``VideosWithoutPolyps/Images/<video>``;
 - video files (``.mp4 .avi .mkv .mov``; one file, or a folder holding them at any depth), decoded with
   PyAV straight from the file: no frames are dumped to disk;
@@ -23,7 +23,7 @@ every file name in one byte blob with ``int64`` offsets; the memory of all of th
 DataLoader workers without open handles and reopens its containers after a fork.
 
 Within a video the frames of a source are contiguous and in frame order, so a temporal neighbour
-(DESIGN §1, "Temporal pairs") is a nearby index: :meth:`FrameSource.neighbour`.
+(docs/method.md, "Temporal pairs") is a nearby index: :meth:`FrameSource.neighbour`.
 """
 
 from __future__ import annotations

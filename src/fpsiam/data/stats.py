@@ -1,6 +1,6 @@
 """Per-channel mean and standard deviation of a frame source, for the ``normalise`` augmentation.
 
-DESIGN §1 normalises the pretraining views with the dataset's own statistics (LDPolypVideo pretraining
+The paper normalises the pretraining views with the dataset's own statistics (LDPolypVideo pretraining
 frames: mean (0.654, 0.424, 0.266), std (0.257, 0.182, 0.148), on 0-1 RGB); ``fpsiam data stats SRC``
 measures them for any source.
 

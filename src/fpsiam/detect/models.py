@@ -1,4 +1,4 @@
-"""Faster R-CNN and RetinaNet (ResNet-FPN) with the paper's transfer recipes (DESIGN §2), in torchvision.
+"""Faster R-CNN and RetinaNet (ResNet-FPN) with the paper's transfer recipes (docs/detection.md), in torchvision.
 
 Both detectors take the backbone weights only (``init``: random, ImageNet or a torchvision-keyed file
 written by ``fpsiam extract``); the FPN and the heads start fresh. One class: polyp = label 1.
@@ -6,7 +6,7 @@ written by ``fpsiam extract``); the FPN and the heads start fresh. One class: po
 What follows the reference (MMDetection 2.26 configs used by the paper) and where torchvision differs:
 
 - Backbone: torchvision ResNet built with ``nn.BatchNorm2d`` -- *not* torchvision's detection default
-  ``FrozenBatchNorm2d``, whose identity statistics never adapt (DESIGN §2 measured 0.229 vs 0.299 AP).
+  ``FrozenBatchNorm2d``, whose identity statistics never adapt (Kvasir-SEG, RetinaNet R18-FPN: 0.229 vs 0.299 AP).
   The stem (conv1 + bn1) is frozen and bn1 stays in eval mode (mmdet ``frozen_stages=0``); all four stages
   and their BNs train (``norm_eval=False``); SyncBN when distributed on CUDA (:func:`convert_sync_bn`).
   Random init uses torchvision's Kaiming init plus ``zero_init_residual=True`` (mmdet's ResNet default).
@@ -80,7 +80,8 @@ STAGE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
     "resnet50": (256, 512, 1024, 2048),
 }
 
-# DESIGN §2 "input": LDPolypVideo statistics on 0-255 RGB, divided by 255 for torchvision's 0-1 images.
+# Input normalisation of the recipe (docs/detection.md): LDPolypVideo statistics on 0-255 RGB, divided by 255
+# for torchvision's 0-1 images.
 IMAGE_MEAN = tuple(v / 255.0 for v in (168.81, 104.04, 73.95))
 IMAGE_STD = tuple(v / 255.0 for v in (68.595, 52.785, 41.82))
 SIZE_DIVISIBLE = 32
@@ -407,7 +408,7 @@ def build_detector(
     roi_samples: int = 512,
     head_norm: str = "none",
 ) -> nn.Module:
-    """Build a torchvision FasterRCNN or RetinaNet with the recipe of DESIGN §2.
+    """Build a torchvision FasterRCNN or RetinaNet with the paper's recipe (docs/detection.md).
 
     ``init``: "random", "imagenet" (torchvision's ImageNet weights; ``weights_file`` may point to an
     offline copy) or the path of a torchvision-keyed backbone file. The backbone is initialised before it
@@ -430,7 +431,7 @@ def build_detector(
 
 
 def convert_sync_bn(model: nn.Module) -> nn.Module:
-    """SyncBatchNorm when running distributed on CUDA (DESIGN §2: SyncBN); the model unchanged otherwise.
+    """SyncBatchNorm when running distributed on CUDA (the paper's recipe uses SyncBN); the model unchanged otherwise.
 
     Frozen BNs keep their frozen parameters and stay in eval (``ResNetFPN.train`` checks requires_grad).
     """

@@ -14,7 +14,7 @@ comparison comes from the same place, the part whose weights the pretraining tra
   fixed so that the map correlates positively with the total activation (see :class:`SignedEigenCAM`).
   ``method="gradcam"`` instead takes Grad-CAM of the L2 norm of the pooled feature.
   Input: the frame resized to ``size`` (optional) and normalised with the detection recipe's statistics
-  (DESIGN §2: mean 168.81/104.04/73.95, std 68.595/52.785/41.82 on 0-255 RGB).
+  (docs/detection.md: mean 168.81/104.04/73.95, std 68.595/52.785/41.82 on 0-255 RGB).
 - **A trained detector's own detections**: :func:`detector_cams`. Faster R-CNN: **Grad-CAM** of the
   detections scoring >= ``score_threshold``, with grad-cam's ``FasterRCNNBoxScoreTarget`` (for each
   detection, the IoU + score of the output box that matches it). The gradients reach ``layer4`` from all
@@ -284,7 +284,7 @@ def backbone_cams(
         size: resize each frame (aspect ratio kept) so its longer side is ``size`` before the network,
             as the detectors' 480 px input; None keeps the frame's size. The map is resized back.
         method: "eigencam" (default: no target needed) or "gradcam" (target: L2 norm of the pooled C5).
-        mean, std: input normalisation on 0..1 RGB; default the detection recipe's (DESIGN §2).
+        mean, std: input normalisation on 0..1 RGB; default the detection recipe's (docs/detection.md).
     """
     if method not in ("eigencam", "gradcam"):
         raise FpsiamError(f"backbone CAM method '{method}': choose eigencam or gradcam")
