@@ -1,4 +1,4 @@
-"""The ``fpsiam`` command: thin, one function per subcommand (DESIGN §5).
+"""The ``fpsiam`` command: thin, one function per subcommand.
 
 Each ``cmd_*`` function parses nothing itself: it calls the module that does the job and prints what
 it returns. A :class:`FpsiamError` becomes one line on stderr and exit status 2; no traceback.
@@ -469,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser(
         "train",
         help="fine-tune a detector with the paper's recipe",
-        description="Fine-tune Faster R-CNN / RetinaNet (DESIGN §2) from a random, ImageNet or self-supervised "
+        description="Fine-tune Faster R-CNN / RetinaNet with the paper's recipe (docs/detection.md) from a random, "
+        "ImageNet or self-supervised "
         "backbone; evaluates the val set every epoch; keeps best.safetensors and last.safetensors. "
         "Same command under torchrun for DDP.",
     )

@@ -53,7 +53,7 @@ def yaml_load(text: str, where: str = "--set") -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Pretraining (DESIGN §1). Defaults are the paper's values; CPU presets in configs/ shrink them.
+# Pretraining (docs/method.md). Defaults are the paper's values; CPU presets in configs/ shrink them.
 # ----------------------------------------------------------------------------------------------------
 
 LDPOLYPVIDEO_MEAN = (0.654, 0.424, 0.266)
@@ -75,14 +75,18 @@ class PretrainData:
     mean: list[float] = dataclasses.field(default_factory=lambda: list(LDPOLYPVIDEO_MEAN))
     std: list[float] = dataclasses.field(default_factory=lambda: list(LDPOLYPVIDEO_STD))
     temporal_k: int = 0  # 0: both views from the same frame; k > 0: second view from a frame within ±k
+    local_crops: int = 0  # multi-crop (SwAV): this many extra small crops per frame besides the two views
+    local_size: int = 96  # their size
+    local_min_scale: float = 0.05  # their RandomResizedCrop scale range
+    local_max_scale: float = 0.14
     workers: int = 2  # DataLoader worker processes
 
 
 @dataclasses.dataclass
 class PretrainModel:
-    """The method and its encoder (DESIGN §1)."""
+    """The method and its encoder (docs/method.md)."""
 
-    method: Literal["fpsiam", "simsiam"] = "fpsiam"
+    method: str = "fpsiam"  # a name of fpsiam.ssl.methods.METHODS: fpsiam simsiam mocov2 simclr byol densecl swav
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     init: str = "imagenet"  # random | imagenet | path to a torchvision-keyed weights file
     weights_file: str | None = None  # offline copy of torchvision's ImageNet weights (for init=imagenet)
@@ -91,6 +95,21 @@ class PretrainModel:
     pred_dim: int = 512
     lam: float = 0.5  # FPSiam: loss = lam * local + (1 - lam) * global
     loss_scale: float = 1.0  # 1.0: the paper's formula; 3.0: what the reference runs effectively applied
+    # The peers (each method reads only its own keys; the presets set them as the paper's comparison ran them):
+    head_dim: int = 128  # projection output of MoCo v2 / SimCLR / DenseCL / SwAV (BYOL: 256)
+    hidden_dim: int = 2048  # their hidden layer (BYOL: 4096)
+    temperature: float = 0.2  # MoCo v2 / DenseCL 0.2; SimCLR / SwAV 0.1
+    queue_size: int = 65536  # MoCo v2 / DenseCL negatives (a multiple of the global batch); SwAV's queue (3840)
+    momentum: float = 0.999  # MoCo v2 / DenseCL key encoder; BYOL's target starts here (0.99) ...
+    momentum_end: float = 1.0  # ... and reaches this along a cosine over training (BYOL)
+    shuffle_bn: bool = True  # MoCo v2 / DenseCL under DDP: keys computed on a batch shuffled across processes
+    dense_weight: float = 0.5  # DenseCL: loss = (1 - w) global + w dense
+    grid: int = 7  # DenseCL: the dense term's S x S grid of C5 locations
+    prototypes: int = 3000  # SwAV
+    sinkhorn_iterations: int = 3  # SwAV
+    sinkhorn_epsilon: float = 0.05  # SwAV
+    queue_start_epoch: int = 15  # SwAV: the queue joins the codes from this epoch on (queue_size 0: never)
+    freeze_prototypes_steps: int = 313  # SwAV: the prototypes are not trained for the first steps
 
 
 @dataclasses.dataclass
@@ -100,7 +119,10 @@ class PretrainOptim:
     lr: float = 0.05  # for a global batch of 256; scaled linearly with the global batch
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    fix_predictor_lr: bool = True
+    fix_predictor_lr: bool = True  # SimSiam / FPSiam: the predictor keeps its initial lr
+    name: Literal["sgd", "lars"] = "sgd"  # lars: SimCLR / BYOL / SwAV (BN and biases excluded from its scaling)
+    trust_coefficient: float = 0.001  # LARS eta
+    warmup_epochs: int = 0  # linear warm-up before the schedule (SimCLR: 10)
     schedule: Literal["cosine", "constant"] = "cosine"  # cosine: the paper's; constant: lightly's SimSiam example
 
 
@@ -153,7 +175,7 @@ class PretrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Detection transfer (DESIGN §2). Defaults are the paper's recipe; CPU presets in configs/ shrink them.
+# Detection transfer (docs/detection.md). Defaults are the paper's recipe; CPU presets in configs/ shrink them.
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -253,7 +275,7 @@ class ExperimentConfig:
     test: str = ""  # labeled test set (COCO json): the table's numbers
     val: str | None = None  # per-epoch validation set; default: the test set (the report says so)
     images: str | None = None  # images root for train/val/test (default: each json's folder)
-    methods: list[Literal["fpsiam", "simsiam"]] = dataclasses.field(default_factory=lambda: ["fpsiam", "simsiam"])
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["fpsiam", "simsiam"])  # fpsiam.ssl.methods.METHODS
     inits: list[Literal["random", "imagenet"]] = dataclasses.field(default_factory=lambda: ["random", "imagenet"])
     # "name=path/to/backbone.safetensors"; a "backbone.probe.jsonl" beside the file (probe rows, as a pretraining
     # run's metrics.jsonl has) is drawn in the report's probe plot with the pretrained arms
@@ -366,7 +388,16 @@ RANGES: dict[str, Range] = {
                                  "log_every", "keep_last", "max_steps_per_epoch", "average_last", "test_proposals",
                                  "roi_samples", "every", "proj_dim", "pred_dim", "pyramid_channels", "stride")},
     **{k: _at_least(0) for k in ("workers", "warmup_iters", "gradcam_images", "sample_images", "min_iters",
-                                 "precise_bn", "nonfinite_skips", "temporal_k", "seed", "seeds", "label_seed")},
+                                 "precise_bn", "nonfinite_skips", "temporal_k", "seed", "seeds", "label_seed",
+                                 "queue_size", "queue_start_epoch", "freeze_prototypes_steps", "local_crops",
+                                 "warmup_epochs")},
+    **{k: _at_least(1) for k in ("head_dim", "hidden_dim", "prototypes", "sinkhorn_iterations", "grid")},
+    **{k: POSITIVE for k in ("temperature", "sinkhorn_epsilon", "trust_coefficient")},
+    "local_size": _at_least(16),
+    "momentum_end": PROBABILITY,
+    "dense_weight": PROBABILITY,
+    "local_min_scale": FRACTION,
+    "local_max_scale": FRACTION,
     **{k: _at_least(32) for k in ("min_size", "max_size", "size")},
     **{k: POSITIVE for k in ("lr", "clip_grad_norm", "backbone_lr_mult", "loss_scale", "std")},
     "momentum": Range(0, 1, high_open=True),

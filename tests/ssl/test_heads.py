@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from fpsiam.ssl.heads import Predictor, Projector, negative_cosine
+from fpsiam.ssl.heads import Predictor, Projector
+from fpsiam.ssl.losses import negative_cosine
 
 
 def test_projector_layers_and_shape():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from fpsiam.config import PretrainModel
+from fpsiam.config import PretrainConfig, PretrainModel, load_config
 from fpsiam.errors import FpsiamError
 from fpsiam.ssl.methods import FPSiam, SimSiam, build_method, collapse_std
 
@@ -88,15 +88,15 @@ def test_build_method():
     assert isinstance(model, FPSiam) and model.lam == 0.3 and model.loss_scale == 3.0
     assert isinstance(build_method(dataclasses.replace(cfg, method="simsiam")), SimSiam)
     with pytest.raises(FpsiamError, match="model.lam"):
-        build_method(dataclasses.replace(cfg, lam=1.5))
-    with pytest.raises(FpsiamError, match="model.method"):
-        build_method(dataclasses.replace(cfg, method="byol"))
+        load_config(PretrainConfig, None, ["model.lam=1.5"])
+    with pytest.raises(FpsiamError, match="model.method: unknown method 'nope'; choose one of: fpsiam, simsiam"):
+        build_method(dataclasses.replace(cfg, method="nope"))
 
 
 def test_fpsiam_equals_a_plain_transcription_of_the_reference(views):
     """Maps -> GAP, one head call per (view, branch), the reference's loss: the same numbers as forward()."""
     from fpsiam.ssl.encoders import resnet_stages
-    from fpsiam.ssl.heads import negative_cosine
+    from fpsiam.ssl.losses import negative_cosine
 
     torch.manual_seed(0)
     model = FPSiam("resnet18", pyramid_channels=16, lam=0.3, loss_scale=3.0, **SMALL)

@@ -1,4 +1,4 @@
-"""Frames -> two independently augmented views (DESIGN §1), with torchvision.transforms.v2.
+"""Frames -> two independently augmented views (the paper's augmentations, docs/method.md), with transforms.v2.
 
 The pipeline is the reference's (and the paper's) in the same order: RandomResizedCrop(224, scale
 (0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2, Gaussian blur
@@ -40,15 +40,18 @@ def view_transform(
     color_jitter: float = 0.4,
     grayscale: float = 0.2,
     blur: float = 0.5,
+    max_scale: float = 1.0,
 ) -> v2.Compose:
-    """One view: uint8 [3, H, W] -> normalised float32 [3, size, size] (DESIGN §1 augmentations).
+    """One view: uint8 [3, H, W] -> normalised float32 [3, size, size] (the paper's augmentations).
 
     The defaults are the paper's. ``color_jitter`` is the strength s of ColorJitter(s, s, s, s/4) (applied with
     p=0.8; 0 drops it), ``grayscale`` and ``blur`` the probabilities of RandomGrayscale and of the Gaussian blur:
     the knobs a small-data recipe may turn down (colour is much of what tells a polyp from mucosa).
     """
     steps: list = [
-        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        v2.RandomResizedCrop(
+            size, scale=(min_scale, max_scale), interpolation=v2.InterpolationMode.BILINEAR, antialias=True
+        )
     ]
     if color_jitter > 0:
         s = color_jitter
@@ -76,7 +79,8 @@ class FrameSourceLike(Protocol):
 
 
 class TwoViewDataset(Dataset):
-    """``dataset[i] -> (view1, view2)``: two augmentations of frame ``i``.
+    """``dataset[i] -> (view1, view2)``: two augmentations of frame ``i`` (plus ``local=(transform, n)``: n small
+    crops of it, SwAV's multi-crop).
 
     With ``temporal_k > 0`` (our extension, not in the published runs) the second view comes from a frame
     within +-k of ``i`` in the same video (``source.neighbour``). All randomness is drawn from torch's
@@ -84,12 +88,16 @@ class TwoViewDataset(Dataset):
     that generator (or a ``torch.manual_seed`` in a single process).
     """
 
-    def __init__(self, source: FrameSourceLike, transform: v2.Transform, temporal_k: int = 0):
+    def __init__(
+        self, source: FrameSourceLike, transform: v2.Transform, temporal_k: int = 0,
+        local: tuple[v2.Transform, int] | None = None,
+    ):  # fmt: skip
         if temporal_k < 0:
             raise ValueError(f"temporal_k must be >= 0, got {temporal_k}")
         self.source = source
         self.transform = transform
         self.temporal_k = temporal_k
+        self.local = local
 
     def __len__(self) -> int:
         return len(self.source)
@@ -101,4 +109,8 @@ class TwoViewDataset(Dataset):
             j = self.source.neighbour(i, self.temporal_k, None)
             if j != i:
                 other = self.source.read(j)
-        return self.transform(frame), self.transform(other)
+        views = (self.transform(frame), self.transform(other))
+        if self.local is None:
+            return views
+        transform, n = self.local
+        return (*views, *(transform(frame) for _ in range(n)))

@@ -1,4 +1,4 @@
-"""Encoders: a torchvision ResNet backbone (C2..C5) and FPSiam's feature pyramid (DESIGN §1).
+"""Encoders: a torchvision ResNet backbone (C2..C5) and FPSiam's feature pyramid (docs/method.md).
 
 ``frames -> backbone -> pyramid -> (local, global) vectors`` for FPSiam, ``backbone -> C5 -> vector`` for
 SimSiam. The backbone is a plain torchvision ResNet whose ``state_dict`` keys are torchvision's own minus
@@ -59,10 +59,11 @@ def resnet_stages(model: torchvision.models.ResNet, x: Tensor) -> list[Tensor]:
 class Pyramid(nn.Module):
     """FPSiam's feature pyramid: laterals + top-down path, then only two 3x3 output convs.
 
-    DESIGN §1: "four 1x1 lateral convs (Ci -> 256, with bias, no norm/activation), a top-down path
-    (nearest-neighbour 2x upsample + add, from C5 down to C2), then only two 3x3 output convs (256 -> 256):
-    local = 3x3 conv on the fused stride-4 level (P2: C2 plus everything above it); global = 3x3 conv on
-    the C5 lateral (P5; nothing is added to it). Xavier-uniform weights, zero bias."
+    Four 1x1 lateral convolutions (with bias, no normalisation or activation) bring C2..C5 to 256 channels; a
+    top-down path adds each level to the nearest-neighbour 2x upsampling of the one above, from C5 down to C2. Only
+    two 3x3 output convolutions follow: ``local_out`` on the fused stride-4 level (P2, which holds every level) and
+    ``global_out`` on the C5 lateral alone (P5). All convolutions start Xavier-uniform with zero bias
+    (docs/method.md).
     """
 
     def __init__(self, in_channels: tuple[int, ...], out_channels: int = 256):

@@ -1,4 +1,9 @@
-"""Projector, predictor and the SimSiam loss D(p, z), declared as plain layer lists (DESIGN §1)."""
+"""The heads of every method, declared as plain layer lists whose docstrings quote the papers.
+
+Every head is an :class:`MLP`: called with ``groups=g`` on g stacked batches (the views, and FPSiam's branches) it
+normalises each batch with its own BatchNorm statistics, exactly as g separate calls would, in one pass over the
+weights. The losses are in :mod:`fpsiam.ssl.losses`.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +34,9 @@ class MLP(nn.Sequential):
 class Projector(MLP):
     """The 3-layer projection MLP, one instance shared by FPSiam's local and global branch.
 
-    DESIGN §1: "Linear(256->2048, no bias)-BN-ReLU-Linear(2048->2048, no bias)-BN-ReLU-
-    Linear(2048->2048, no bias)-BN(affine=False)" (SimSiam's projector, fed 256-d pyramid vectors in
-    FPSiam and 2048-d C5 vectors in SimSiam).
+    SimSiam (Chen & He 2021, appendix): "The projection MLP has BN applied to each fully-connected (fc) layer,
+    including its output fc. Its output fc has no ReLU. The hidden fc is 2048-d. This MLP has 3 layers."
+    FPSiam feeds it the 256-d pooled pyramid vectors; SimSiam the C5 vector.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048):
@@ -50,7 +55,8 @@ class Projector(MLP):
 class Predictor(MLP):
     """The bottleneck prediction MLP (shared too).
 
-    DESIGN §1: "Linear(2048->512, no bias)-BN-ReLU-Linear(512->2048, with bias)".
+    SimSiam: "The prediction MLP has BN applied to its hidden fc layers. Its output fc does not have BN or ReLU.
+    This MLP has 2 layers. The dimension of h's input and output is 2048, and h's hidden layer's dimension is 512".
     """
 
     def __init__(self, dim: int = 2048, hidden_dim: int = 512):
@@ -62,12 +68,64 @@ class Predictor(MLP):
         )
 
 
-def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
-    """D(p, z) = -cos(p, stopgrad(z)), averaged over the batch (SimSiam eq. 1; DESIGN §1).
+class MoCoHead(MLP):
+    """MoCo v2's projection head (Chen et al. 2020, "Improved baselines"): "we replace the fc head in MoCo with a
+    2-layer MLP head (hidden layer 2048-d, with ReLU)"; output 128-d, no BatchNorm."""
 
-    The stop-gradient is inside: no gradient ever reaches ``z``. Vectors are l2-normalised with
-    ``F.normalize`` (eps 1e-12), as the reference's LatentPredictHead does.
-    """
-    p = F.normalize(p, dim=1)
-    z = F.normalize(z.detach(), dim=1)
-    return -(p * z).sum(dim=1).mean()
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128):
+        super().__init__(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+class SimCLRHead(MLP):
+    """SimCLR's projection head g(.) (Chen et al. 2020): "a MLP with one hidden layer", as run in its reference
+    code and MMSelfSup's NonLinearNeck: Linear-BN-ReLU-Linear-BN, no biases, 128-d output."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim),
+        )  # fmt: skip
+
+
+class BYOLHead(MLP):
+    """BYOL's projector and predictor (Grill et al. 2020): "a multi-layer perceptron (MLP) consisting in a linear
+    layer with output size 4096 followed by batch normalization, rectified linear units (ReLU), and a final
+    linear layer with output dimension 256"."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )  # fmt: skip
+
+
+class DenseHead(MLP):
+    """DenseCL's projection heads (Wang et al. 2021): the global one is MoCo v2's 2-layer MLP; the dense one
+    "1x1 conv-ReLU-1x1 conv" on the backbone's feature map, i.e. the same MLP applied at every location (run here
+    on the [N*S, C] rows of the map)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128):
+        super().__init__(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+class SwAVHead(MLP):
+    """SwAV's projection head (Caron et al. 2020): a 2-layer MLP, Linear-BN-ReLU-Linear to a 128-d output, which
+    is l2-normalised before the prototypes."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )  # fmt: skip
+
+
+class Prototypes(nn.Linear):
+    """SwAV's prototypes: "a set of K trainable prototype vectors" as a bias-free linear layer on the normalised
+    projection; the vectors are re-normalised to unit length before every step (:meth:`normalize_`)."""
+
+    def __init__(self, dim: int = 128, count: int = 3000):
+        super().__init__(dim, count, bias=False)
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        self.weight.copy_(F.normalize(self.weight, dim=1))

@@ -29,6 +29,7 @@ from fpsiam.ssl.methods import build_method, collapse_std
 from fpsiam.train import distributed as D
 from fpsiam.train import runfolder as R
 from fpsiam.train.checkpoint import latest_checkpoint, list_checkpoints
+from fpsiam.train.lars import LARS
 from fpsiam.train.loop import Engine, LoopSettings, Task
 from fpsiam.weights import PRETRAIN_FORMAT as CHECKPOINT_FORMAT
 from fpsiam.weights import init_backbone, save_backbone
@@ -36,21 +37,30 @@ from fpsiam.weights import init_backbone, save_backbone
 # ---------------------------------------------------------------------------------------- optimiser
 
 
-def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, global_batch: int) -> torch.optim.SGD:
-    """SGD with two groups: everything but the predictor (cosine-decayed) and the predictor (fixed lr)."""
-    lr = cfg.optim.lr * global_batch / 256
-    predictor = {id(p) for p in model.predictor.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in predictor]
-    groups = [
-        {"params": rest, "fix_lr": False, "initial_lr": lr},
-        {
-            "params": list(model.predictor.parameters()),
-            "fix_lr": cfg.optim.fix_predictor_lr,
-            "initial_lr": lr,
-            "name": "predictor",
-        },
-    ]
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, global_batch: int) -> torch.optim.Optimizer:
+    """SGD (or LARS, ``optim.name``) at lr x batch / 256 over the trainable parameters (a momentum encoder has none).
+
+    Groups: the method's ``fixed_lr_modules`` (SimSiam's predictor, named) keep their initial lr when
+    ``optim.fix_predictor_lr``; LARS puts BatchNorm weights and biases in a group it neither adapts nor decays.
+    """
+    o = cfg.optim
+    lr = o.lr * global_batch / 256
+    fixed_ids = {id(p) for name in getattr(model, "fixed_lr_modules", ()) for p in getattr(model, name).parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in fixed_ids]
+    fixed = [p for p in model.parameters() if p.requires_grad and id(p) in fixed_ids]
+    common = {"fix_lr": False, "initial_lr": lr}
+    if o.name == "lars":
+        groups = [{"params": [p for p in rest if p.ndim > 1], **common},
+                  {"params": [p for p in rest if p.ndim <= 1], "lars_exclude": True, **common}]  # fmt: skip
+    else:
+        groups = [{"params": rest, **common}]
+    if fixed:
+        groups.append({"params": fixed, "fix_lr": o.fix_predictor_lr, "initial_lr": lr, "name": "predictor"})
+    if o.name == "lars":
+        return LARS(
+            groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient
+        )
+    return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
@@ -98,6 +108,7 @@ class PretrainTask(Task):
         self.probe = None
         self.probed: dict[str, float] = {}  # the newest probe row
         self.lr = 0.0
+        self.steps_per_epoch = 1
 
     def identity(self) -> dict[str, Any]:
         return {"method": self.cfg.model.method, "arch": self.cfg.model.backbone}
@@ -109,26 +120,42 @@ class PretrainTask(Task):
         source = open_frames(d.source, stride=d.stride, images=d.images)
         self.data_where = d.source
         transform = view_transform(d.size, d.min_scale, d.mean, d.std, d.color_jitter, d.grayscale, d.blur)
-        return TwoViewDataset(source, transform, temporal_k=d.temporal_k)
+        local = None
+        if d.local_crops:  # multi-crop (SwAV): small crops of the same frame besides the two views
+            local_t = view_transform(d.local_size, d.local_min_scale, d.mean, d.std, d.color_jitter, d.grayscale,
+                                     d.blur, max_scale=d.local_max_scale)  # fmt: skip
+            local = (local_t, d.local_crops)
+        return TwoViewDataset(source, transform, temporal_k=d.temporal_k, local=local)
 
     def build_model(self):
-        model = build_method(self.cfg.model)
+        model = build_method(self.cfg.model)  # an unknown model.method is one line naming the known ones
         m = self.cfg.model
         self.init_message = init_backbone(model.backbone, m.backbone, m.init, m.weights_file)
         return model
 
     def optimizer(self, model, global_batch):
+        if hasattr(model, "check_batch"):
+            model.check_batch(global_batch)
         self.lr = self.cfg.optim.lr * global_batch / 256
         return build_optimizer(model, self.cfg, global_batch)
 
     def set_lr(self, optimizer, epoch, iteration):
         set_epoch_lr(optimizer, epoch, self.cfg.train.epochs, self.cfg.optim.schedule)
+        warmup = self.cfg.optim.warmup_epochs * self.steps_per_epoch
+        if iteration < warmup:  # linear warm-up over the first epochs, on top of the schedule
+            for group in optimizer.param_groups:
+                group["lr"] *= (iteration + 1) / warmup
 
     def losses(self, model, batch, device):
-        x1, x2 = (x.to(device, non_blocking=True) for x in batch)
+        views = [x.to(device, non_blocking=True) for x in batch]
         if self.cfg.train.channels_last and device.type == "cuda":
-            x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
-        return model(x1, x2)
+            views = [x.contiguous(memory_format=torch.channels_last) for x in views]
+        return model(*views)
+
+    def after_step(self, engine):
+        if hasattr(engine.core, "on_step"):  # momentum encoders, queues, counters
+            total = max(1, self.cfg.train.epochs * engine.steps_per_epoch)
+            engine.core.on_step(engine.global_step, engine.epoch, engine.global_step / total)
 
     def step_values(self, out):
         values = {"collapse" + k[1:]: collapse_std(v.detach().float()) for k, v in out.items() if k.startswith("z")}
@@ -139,6 +166,7 @@ class PretrainTask(Task):
         return values
 
     def before_training(self, engine, fresh):
+        self.steps_per_epoch = engine.steps_per_epoch
         if self.cfg.probe.ann and engine.env.is_main:  # decodes the labeled frames once; fails before training
             from fpsiam.ssl.probe import Probe
 
