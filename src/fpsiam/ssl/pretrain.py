@@ -155,7 +155,8 @@ class PretrainTask(Task):
     def after_step(self, engine):
         if hasattr(engine.core, "on_step"):  # momentum encoders, queues, counters
             total = max(1, self.cfg.train.epochs * engine.steps_per_epoch)
-            engine.core.on_step(engine.global_step, engine.epoch, engine.global_step / total)
+            upcoming = engine.epoch + int(engine.step_in_epoch >= engine.steps_per_epoch)  # the next step's epoch
+            engine.core.on_step(engine.global_step, upcoming, engine.global_step / total)
 
     def step_values(self, out):
         values = {"collapse" + k[1:]: collapse_std(v.detach().float()) for k, v in out.items() if k.startswith("z")}

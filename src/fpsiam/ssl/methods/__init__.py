@@ -7,7 +7,8 @@ torchvision ResNet, no fc; in ``state_dict()`` under exactly one prefix, ``encod
 ``.arch``, and optionally:
 
 - ``fixed_lr_modules``: sub-modules whose lr is not decayed (SimSiam's predictor);
-- ``on_step(step, epoch, progress)``: called after every optimizer step (momentum encoders, queues, counters);
+- ``on_step(step, epoch, progress)``: called after every optimizer step with the steps done, the (0-based) epoch of
+  the next step and the fraction of the run done (momentum encoders, queues, counters);
 - ``check_batch(global_batch)``: refuse a global batch the method cannot use (a queue size not a multiple of it).
 
 A new method is one module here, its presets and tests, and one line in :data:`METHODS`.
