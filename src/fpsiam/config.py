@@ -440,6 +440,13 @@ def _check_range(key: str, value: Any, where: str, dotted: str) -> None:
     """Refuse a value outside its key's range (see :data:`RANGES`), a non-finite float, or an unknown device."""
     if key == "device" and isinstance(value, str) and not DEVICE.match(value):
         raise FpsiamError(f"{where}: key '{dotted}': expected auto, cpu, cuda or cuda:N, got {_short(value)}")
+    if key in ("method", "methods"):  # names come from the method table itself (imports the methods, and torch)
+        from fpsiam.ssl.methods import check_method
+
+        for i, name in enumerate(value if isinstance(value, list) else [value]):
+            check_method(
+                name, f"{where}: key '{dotted}[{i}]'" if isinstance(value, list) else f"{where}: key '{dotted}'"
+            )
     values = value if isinstance(value, list) else [value]
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int | float):
