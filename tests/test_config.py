@@ -155,3 +155,13 @@ def test_probe_keys_are_checked(tmp_path):
         load_config(PretrainConfig, None, ["probe.every=0"])
     with pytest.raises(FpsiamError, match="optim.backbone_lr_mult"):
         load_config(DetectConfig, None, ["optim.backbone_lr_mult=0"])
+
+
+def test_architecture_choices_are_the_backbone_table():
+    import typing
+
+    from fpsiam.backbones import BACKBONES
+    from fpsiam.config import DetectModel, PretrainModel
+
+    for cls, key in ((PretrainModel, "backbone"), (DetectModel, "arch")):
+        assert typing.get_args(typing.get_type_hints(cls)[key]) == tuple(BACKBONES), (cls, key)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from fpsiam import __version__
+from fpsiam.backbones import ARCHS
 from fpsiam.errors import FpsiamError
 
 # ---------------------------------------------------------------------------------------------- data
@@ -438,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --test: the fraction each fold holds out (0.25: 4 folds)")  # fmt: skip
     p.add_argument("--size", type=int, default=128, help="examples resized to SIZE x SIZE (128)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds (0 1 2)")
-    p.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"],
+    p.add_argument("--arch", choices=ARCHS,
                    help="architecture of random/imagenet; weights files must match it (default: each file's own; "
                    "random/imagenet resnet50)")  # fmt: skip
     p.add_argument("--weights-file", help="offline copy of torchvision's ImageNet weights (for 'imagenet')")
@@ -558,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="gradcam", help="output folder (default: gradcam)")
     p.add_argument("--ann", help="COCO json with true boxes for the frames of a folder INPUT")
     p.add_argument("--images", help="images root for a COCO json INPUT")
-    p.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], default="resnet50",
+    p.add_argument("--arch", choices=ARCHS, default="resnet50",
                    help="backbone architecture (backbone MODELs only)")  # fmt: skip
     p.add_argument("--max-images", type=int, default=16, help="at most this many frames (0: all)")
     p.add_argument("--mode", choices=["auto", "gradcam", "eigencam"], default="auto")

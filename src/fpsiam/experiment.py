@@ -112,11 +112,9 @@ def imagenet_weights(cfg: ExperimentConfig) -> tuple[str | None, str | None]:
     """
     if cfg.detect.model.weights_file:
         return cfg.detect.model.weights_file, None
-    import torchvision.models as tvm
+    from fpsiam.backbones import imagenet_weights as weights_of
 
-    weights = {
-        "resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights,
-    }[cfg.detect.model.arch].IMAGENET1K_V1  # fmt: skip
+    weights = weights_of(cfg.detect.model.arch)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if cached.is_file():
         return str(cached), None

@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from fpsiam.backbones import ARCHS, imagenet_weights
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_path
 
@@ -35,7 +36,6 @@ PRETRAIN_FORMAT = "fpsiam-pretrain-v1"
 BACKBONE_PREFIX = "encoder.backbone."
 """Where the ResNet sits in the ``state_dict`` of :class:`fpsiam.ssl.methods.SimSiam` / ``FPSiam``."""
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt", ".pkl")
 
@@ -44,16 +44,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 # Where a ResNet sits inside a bigger model, most specific first: ours, torchvision detection, detectron2,
 # MMSelfSup / MMDetection, MoCo, SimSiam (whose ``encoder.fc`` is its projector: dropped with fc.*).
 _BACKBONE_PREFIXES = (BACKBONE_PREFIX, "backbone.body.", "backbone.bottom_up.", "backbone.", "encoder_q.", "encoder.")
-
-
-def _imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
-    """torchvision's ImageNet weights per arch: V1, the ones mmcv's ``torchvision://resnet50`` (the
-    reference runs' init) points to (``resnet50-0676ba61.pth`` for ResNet-50)."""
-    return {
-        "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-        "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-        "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-    }[arch]
 
 
 @dataclasses.dataclass
@@ -269,7 +259,7 @@ def init_backbone(model: nn.Module, arch: str, init: str, weights_file: str | No
             return f"{arch}: ImageNet init, {load_backbone(model, weights_file)}"
         if arch not in ARCHS:
             raise FpsiamError(f"no ImageNet weights for '{arch}'; choose one of: {', '.join(ARCHS)}")
-        weights = _imagenet_weights(arch)
+        weights = imagenet_weights(arch)
         try:
             sd = weights.get_state_dict(progress=True)
         except (OSError, RuntimeError, ValueError) as e:

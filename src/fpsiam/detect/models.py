@@ -61,6 +61,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from fpsiam.backbones import BACKBONES, build_resnet
+from fpsiam.backbones import channels as stage_channels
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_path
 
@@ -68,17 +70,7 @@ DetectorKind = Literal["faster_rcnn", "retinanet"]
 BoxLoss = Literal["smooth_l1", "l1"]
 
 KINDS: tuple[str, ...] = ("faster_rcnn", "retinanet")
-ARCHS: dict[str, Callable[..., resnet.ResNet]] = {
-    "resnet18": resnet.resnet18,
-    "resnet34": resnet.resnet34,
-    "resnet50": resnet.resnet50,
-}
-# Output channels of layer1..layer4 (C2..C5).
-STAGE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-}
+ARCHS = tuple(BACKBONES)
 
 # Input normalisation of the recipe (docs/detection.md): LDPolypVideo statistics on 0-255 RGB, divided by 255
 # for torchvision's 0-1 images.
@@ -213,18 +205,6 @@ class ResNetFPN(BackboneWithFPN):
         return self
 
 
-def build_resnet(arch: str) -> resnet.ResNet:
-    """A torchvision ResNet with trainable ``nn.BatchNorm2d`` and no classifier (``fc`` = Identity).
-
-    ``zero_init_residual=True`` is mmdet's ResNet default; it only matters for random init.
-    """
-    if arch not in ARCHS:
-        raise FpsiamError(f"backbone arch '{arch}': expected one of {', '.join(ARCHS)}")
-    net = ARCHS[arch](weights=None, norm_layer=nn.BatchNorm2d, zero_init_residual=True)
-    net.fc = nn.Identity()
-    return net
-
-
 def init_resnet(net: resnet.ResNet, arch: str, init: str, weights_file: str | None) -> str:
     """Initialise the ResNet from ``init`` (random | imagenet | path); returns what was loaded, in words.
 
@@ -243,7 +223,7 @@ def head_norm_layer(head_norm: str) -> Callable[[int], nn.Module] | None:
 
 def resnet_fpn(net: resnet.ResNet, arch: str, kind: str, head_norm: str = "none") -> ResNetFPN:
     """Wrap a ResNet into the detector's FPN: C2..C5 + max-pool P6 (Faster R-CNN), C3..C5 + P6/P7 (RetinaNet)."""
-    channels = STAGE_CHANNELS[arch]
+    channels = stage_channels(arch)
     if kind == "faster_rcnn":
         stages = (1, 2, 3, 4)
         extra: nn.Module = LastLevelMaxPool()

@@ -245,7 +245,7 @@ def load_backbone_net(backbone: str | os.PathLike, arch: str = "resnet50") -> tu
     :mod:`fpsiam.weights` (any known key layout) and must fit ``arch`` completely: a file of another
     architecture, or one that matches nothing, is an FpsiamError naming it.
     """
-    from fpsiam.ssl.encoders import build_resnet
+    from fpsiam.backbones import build_resnet
     from fpsiam.weights import init_backbone, load_state_dict_checked, load_state_file, to_torchvision_keys
 
     name = str(backbone)

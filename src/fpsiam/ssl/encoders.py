@@ -15,35 +15,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from fpsiam.errors import FpsiamError
+from fpsiam.backbones import BACKBONES, build_resnet
 
-RESNET_CHANNELS: dict[str, tuple[int, int, int, int]] = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-}
-"""Channels of C2, C3, C4, C5 (strides 4, 8, 16, 32) per supported architecture."""
-
-
-def build_resnet(arch: str, zero_init_residual: bool = True) -> torchvision.models.ResNet:
-    """A randomly initialised torchvision ResNet without its classifier.
-
-    ``fc`` is replaced by ``nn.Identity`` (no parameters), so ``state_dict()`` has exactly torchvision's
-    keys minus ``fc.*`` and ``model(x)`` still returns the pooled C5 vector.
-    ``zero_init_residual=True`` (the last BN of each residual block starts at 0) is what the reference
-    config and the official SimSiam code use; it only matters for random init (weights that are loaded
-    afterwards overwrite it).
-    """
-    builders = {
-        "resnet18": torchvision.models.resnet18,
-        "resnet34": torchvision.models.resnet34,
-        "resnet50": torchvision.models.resnet50,
-    }
-    if arch not in builders:
-        raise FpsiamError(f"unknown backbone '{arch}'; choose one of: {', '.join(builders)}")
-    model = builders[arch](weights=None, zero_init_residual=zero_init_residual)
-    model.fc = nn.Identity()
-    return model
+RESNET_CHANNELS = {name: spec.channels for name, spec in BACKBONES.items()}
+"""Channels of C2, C3, C4, C5 (strides 4, 8, 16, 32) per architecture (from :data:`fpsiam.backbones.BACKBONES`)."""
 
 
 def resnet_stages(model: torchvision.models.ResNet, x: Tensor) -> list[Tensor]:

@@ -305,7 +305,7 @@ def resolve_backbone(spec: str, arch: str | None, weights_file: str | None = Non
     ``fpsiam pretrain`` gives its ``backbone.safetensors``, or else its newest checkpoint's backbone.
     ``random`` and ``imagenet`` are built as ``arch`` (default resnet50).
     """
-    from fpsiam.ssl.encoders import build_resnet
+    from fpsiam.backbones import build_resnet
     from fpsiam.weights import (
         extract_backbone,
         infer_arch,

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from fpsiam.backbones import build_resnet
 from fpsiam.config import PretrainModel
-from fpsiam.ssl.encoders import RESNET_CHANNELS, build_resnet, resnet_stages
+from fpsiam.ssl.encoders import RESNET_CHANNELS, resnet_stages
 from fpsiam.ssl.heads import DenseHead
 from fpsiam.ssl.losses import dense_contrastive, gather, info_nce
 from fpsiam.ssl.methods.mocov2 import MoCoV2, Queue, shuffled_forward
