@@ -148,6 +148,12 @@ class DetectorSpec:
     roi_samples: int = 512  # Faster R-CNN: RoIs sampled per image for the box head in training (recipe: 512)
     head_norm: str = "none"  # "gn": GroupNorm in the FPN and the heads (a transfer recipe; the paper: none)
 
+    @classmethod
+    def of(cls, config: Any) -> DetectorSpec:
+        """The spec named by a config's ``model`` section (``fpsiam.config.DetectModel``): fields copied by name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dataclasses.asdict(config).items() if k in names})
+
     def check(self) -> None:
         if self.kind not in KINDS:
             raise FpsiamError(f"detector kind '{self.kind}': expected one of {', '.join(KINDS)}")
@@ -399,11 +405,17 @@ def build_detector(
     (what was loaded into the backbone, in words) for :func:`describe` and :func:`save_detector`.
     """
     spec = DetectorSpec(kind, arch, min_size, max_size, num_classes, box_loss, test_proposals, roi_samples, head_norm)
+    return build_from_spec(spec, init, weights_file)
+
+
+def build_from_spec(spec: DetectorSpec, init: str = "random", weights_file: str | None = None) -> nn.Module:
+    """:func:`build_detector` from a :class:`DetectorSpec` (``DetectorSpec.of(cfg.model)``, or a model file's)."""
     spec.check()
+    kind, arch = spec.kind, spec.arch
     net = build_resnet(arch)
     message = init_resnet(net, arch, init, weights_file)
     freeze_stem(net)
-    backbone = resnet_fpn(net, arch, kind, head_norm)
+    backbone = resnet_fpn(net, arch, kind, spec.head_norm)
     model = _faster_rcnn(backbone, spec) if kind == "faster_rcnn" else _retinanet(backbone, spec)
     model.fpsiam_spec = spec
     model.init_message = message
@@ -630,8 +642,7 @@ def load_detector(
         spec.check()
     except FpsiamError as e:
         raise FpsiamError(f"{path}: {e}") from None
-    model = build_detector(spec.kind, spec.arch, "random", None, spec.min_size, spec.max_size, spec.num_classes,
-                           spec.box_loss, spec.test_proposals, spec.roi_samples, spec.head_norm)  # fmt: skip
+    model = build_from_spec(spec)
     state = load_file(str(path))
     _check_state_dict(path, spec, model.state_dict(), state)
     model.load_state_dict(state, strict=True)

@@ -23,7 +23,7 @@ from fpsiam.config import DetectConfig
 from fpsiam.data.coco import CocoDetection, collate_fn, detection_transforms
 from fpsiam.detect.engine import predict, step_lr, to_device
 from fpsiam.detect.evaluate import coco_metrics, write_results
-from fpsiam.detect.models import build_detector, save_detector
+from fpsiam.detect.models import DetectorSpec, build_from_spec, save_detector
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import write_json
 from fpsiam.train import distributed as D
@@ -46,9 +46,8 @@ class DetectResult:
 
 
 def model_meta(cfg: DetectConfig) -> dict[str, Any]:
-    m = cfg.model
-    return {"kind": m.kind, "arch": m.arch, "min_size": m.min_size, "max_size": m.max_size, "backbone": m.backbone,
-            "head_norm": m.head_norm}  # fmt: skip
+    """What a model file records beside the spec: where the backbone came from."""
+    return {**dataclasses.asdict(DetectorSpec.of(cfg.model)), "backbone": cfg.model.backbone}
 
 
 def param_groups(model: torch.nn.Module, backbone_lr_mult: float) -> list[dict[str, Any]]:
@@ -146,10 +145,7 @@ class DetectTask(Task):
 
     def build_model(self):
         m = self.cfg.model
-        model = build_detector(
-            m.kind, m.arch, init=m.backbone, weights_file=m.weights_file, min_size=m.min_size, max_size=m.max_size,
-            box_loss=m.box_loss, test_proposals=m.test_proposals, roi_samples=m.roi_samples, head_norm=m.head_norm,
-        )  # fmt: skip
+        model = build_from_spec(DetectorSpec.of(m), init=m.backbone, weights_file=m.weights_file)
         self.init_message = getattr(model, "init_message", "")
         return model
 
