@@ -181,7 +181,7 @@ def test_config_errors_before_any_compute(synth, tmp_path, capsys):
     with pytest.raises(FpsiamError, match="name=path"):
         check_config(tiny(synth, "weights=[nonsense]"), "x.yaml")
     cfg = tmp_path / "e.yaml"
-    cfg.write_text("methods: [byol]\n")
+    cfg.write_text("methods: [byol2]\n")
     assert main(["experiment", str(cfg), "-o", str(tmp_path / "o")]) == 2
     assert "methods[0]" in capsys.readouterr().err
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fpsiam import __version__
 from fpsiam.backbones import ARCHS
+from fpsiam.data.convert import FORMATS
 from fpsiam.errors import FpsiamError
 
 # ---------------------------------------------------------------------------------------------- data
@@ -314,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a public polyp dataset to COCO json (category 'polyp'), keeping video ids, "
         "frame indices and track ids where the source has them.",
     )
-    p.add_argument("--format", required=True, choices=["ldpolypvideo", "kvasir", "masks", "voc", "yolo", "coco"])
+    p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("src", help="dataset root, annotation folder or file (see README: Data formats)")
     p.add_argument("-o", "--output", required=True, help="output COCO json")
     p.add_argument("--images", help="images folder, when it is not where the format expects it")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import datetime
 import functools
-import json
 import platform
 import shutil
 import socket
@@ -31,21 +30,15 @@ from fpsiam.config import DetectConfig, ExperimentConfig, from_dict, parse_overr
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_open, write_json
 from fpsiam.train import distributed as D
+from fpsiam.train import runfolder as R
 from fpsiam.train.runfolder import run_folder
 
 TABLE_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a jsonl file beside an external weights file (``*.probe.jsonl``); [] when absent."""
+    return R.RunFolder(path.parent).rows_of(path.name) if path.is_file() else []
 
 
 def _reason(e: BaseException) -> str:
@@ -156,8 +149,9 @@ class Experiment:
         from fpsiam.ssl.pretrain import pretrain
 
         run = self.out / "pretrain" / method
+        folder = R.RunFolder(run)
         entry: dict[str, Any] = {"run_dir": str(run.relative_to(self.out))}
-        if (run / "summary.json").is_file():
+        if folder.has(R.SUMMARY):
             self.log(f"[pretrain {method}] done before; skipping")
         else:
             cfg = copy.deepcopy(self.cfg.pretrain)
@@ -168,18 +162,18 @@ class Experiment:
             try:
                 pretrain(cfg, run, resume=True, env=self.env)
             except Exception as e:  # noqa: BLE001 - a failed arm is reported, the others go on
-                entry.update(status="failed", reason=_reason(e), curve=_jsonl(run / "metrics.jsonl"))
+                entry.update(status="failed", reason=_reason(e), curve=folder.rows())
                 self.log(f"[pretrain {method}] FAILED: {entry['reason']}")
                 if not isinstance(e, FpsiamError):
                     traceback.print_exc(file=sys.stderr)
                 return entry
         self.prune(run)
-        summary = _read_json(run / "summary.json")
+        summary = folder.read(R.SUMMARY)
         keys = ("kind", "global_step", "epoch", "loss", "loss_local", "loss_global", "collapse", "collapse_local",
                 "collapse_global", "probe_linear", "probe_linear_std", "probe_knn", "probe_knn_std")  # fmt: skip
-        curve = [{k: r[k] for k in keys if k in r} for r in _jsonl(run / "metrics.jsonl")]
+        curve = [{k: r[k] for k in keys if k in r} for r in folder.rows()]
         entry.update(status="done", reason=None, seconds=summary.get("seconds_this_process"), curve=curve,
-                     backbone=str((run / "backbone.safetensors").relative_to(self.out)), final=summary.get("final"),
+                     backbone=str(folder.file(R.BACKBONE).relative_to(self.out)), final=summary.get("final"),
                      peak_rss_mb=summary.get("peak_rss_mb"), probe=summary.get("probe"))  # fmt: skip
         return entry
 
@@ -225,8 +219,9 @@ class Experiment:
             "labels": labels,
             "run_dir": str(run.relative_to(self.out)),
         }
+        folder = R.RunFolder(run)
         try:
-            if (run / "results.json").is_file():
+            if folder.has(R.RESULTS):
                 self.log(f"[{arm} {detector} seed {seed}] trained before; skipping")
             else:
                 cfg = self.detect_config(backbone)
@@ -241,7 +236,7 @@ class Experiment:
                 )
                 self.log(f"[{arm} {detector} seed {seed}] -> {run}")
                 train_detector(cfg, run, resume=True, env=self.env)
-            if self.env.is_main and not (run / "test_metrics.json").is_file():
+            if self.env.is_main and not folder.has(R.TEST_METRICS):
                 self.test_metrics(run)
             self.prune(run)
         except Exception as e:  # noqa: BLE001 - a failed arm is reported, the others go on
@@ -252,8 +247,8 @@ class Experiment:
             return entry
         finally:
             D.barrier(self.env)  # every rank, also when rank 0 failed in the test evaluation
-        results = _read_json(run / "results.json")
-        test = _read_json(run / "test_metrics.json")
+        results = folder.read(R.RESULTS)
+        test = folder.read(R.TEST_METRICS)
         history = [
             {k: h[k] for k in ("epoch", "mAP", "AP50", "AP75") if k in h} for h in results["history"] if "mAP" in h
         ]
@@ -288,50 +283,29 @@ class Experiment:
         """Evaluate the last model on the test set; when val is the test set, reuse its final val predictions."""
         from fpsiam.detect.engine import evaluate_file, metrics_report
         from fpsiam.detect.models import read_detector_meta
-        from fpsiam.detect.train import VAL_PREDICTIONS
 
-        out = run / "test_metrics.json"
-        if self.cfg.val in (None, self.cfg.test) and (run / VAL_PREDICTIONS).is_file():
-            last = _read_json(run / "results.json")["last"]
+        folder = R.RunFolder(run)
+        out = folder.file(R.TEST_METRICS)
+        if self.cfg.val in (None, self.cfg.test) and folder.has(R.VAL_PREDICTIONS):
+            last = folder.read(R.RESULTS)["last"]
             speed = {k: last.get(k) for k in ("images", "model_images_per_s", "predict_images_per_s")}
-            gt = self.test_set.coco
-            meta = read_detector_meta(run / "last.safetensors")
-            metrics_report(gt, _read_json(run / VAL_PREDICTIONS), meta, self.cfg.test, speed, out)
+            meta = read_detector_meta(folder.file(R.LAST_MODEL))
+            metrics_report(self.test_set.coco, folder.read(R.VAL_PREDICTIONS), meta, self.cfg.test, speed, out)
         else:
-            evaluate_file(run / "last.safetensors", self.cfg.test, self.cfg.images, out,
+            evaluate_file(folder.file(R.LAST_MODEL), self.cfg.test, self.cfg.images, out,
                           batch_size=self.cfg.detect.train.batch_size, device=str(self.env.device))  # fmt: skip
 
     # ------------------------------------------------------------------ pictures
     def samples(self, entry: dict[str, Any], n: int) -> list[dict[str, str]]:
-        """Draw predicted (score >= 0.5, red) vs true (green) boxes on the first ``n`` test frames with polyps."""
-        from PIL import Image, ImageDraw
+        """Predicted vs true boxes on the first ``n`` test frames with polyps, drawn at the run's F1-best threshold."""
+        from fpsiam.detect.samples import save_samples
 
-        from fpsiam.fileio import atomic_path
-
-        run = self.out / entry["run_dir"]
-        shown: dict[int, list[dict[str, Any]]] = {}
-        for p in _read_json(run / "test_metrics.predictions.json"):
-            if p["score"] >= 0.5:
-                shown.setdefault(p["image_id"], []).append(p)
-        out = []
-        for i in self.polyp_frames[:n]:
-            image, target = self.test_set[i]
-            img = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
-            draw = ImageDraw.Draw(img)
-            for box in target["boxes"].tolist():
-                draw.rectangle(box, outline=(0, 255, 0), width=2)
-            image_id = int(target["image_id"])
-            for p in shown.get(image_id, []):
-                x, y, w, h = p["bbox"]
-                draw.rectangle([x, y, x + w, y + h], outline=(255, 40, 40), width=2)
-                draw.text((x + 2, y + 2), f"{p['score']:.2f}", fill=(255, 255, 0))
-            img.thumbnail((320, 320))
-            path = run / "samples" / f"{image_id}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                img.save(tmp, format="PNG")
-            out.append({"png": str(path.relative_to(self.out))})
-        return out
+        folder = R.RunFolder(self.out / entry["run_dir"])
+        best = (entry.get("clinical") or {}).get("at_best_f1") or {}
+        threshold = best.get("threshold", 0.5)
+        paths = save_samples(self.test_set, self.polyp_frames[:n], folder.read(R.TEST_PREDICTIONS), threshold,
+                             folder.file(R.SAMPLES))  # fmt: skip
+        return [{"png": str(p.relative_to(self.out)), "threshold": threshold} for p in paths]
 
     def gradcam(self, arm: str, backbone: str) -> dict[str, Any] | None:
         """The paper's view: CAM of the backbone alone on the same test frames, and its in-box energy."""
@@ -343,7 +317,7 @@ class Experiment:
             G.gradcam_command(backbone, str(self.cfg.test), folder, images=self.cfg.images,
                               arch=self.cfg.detect.model.arch, max_images=self.cfg.gradcam_images,
                               size=self.cfg.detect.model.max_size)  # fmt: skip
-        e = _read_json(done)["energy"]
+        e = R.RunFolder(folder).read(G.ENERGY_FILE)["energy"]
         pngs = sorted(folder.rglob("*.png"))
         return {
             "energy_in_box": e["mean_energy_in_box"], "peak_in_box": e["peak_in_box_rate"],

@@ -535,7 +535,10 @@ def _samples_section(results: dict[str, Any], base_dir: Path) -> str:
                 cap = f'<div class="small">{esc(caption)}</div>' if caption else ""
                 cells.append(f"<div>{img}{cap}</div>")
             width = max(width, len(cells))
-            head = f'<div class="head">{esc(arm)}<br><span class="small">seed {esc(run.get("seed"))}</span></div>'
+            first = run["samples"][0] if isinstance(run["samples"][0], dict) else {}
+            drawn = f", score ≥ {first['threshold']:.2f}" if number(first.get("threshold")) is not None else ""
+            small = f'<span class="small">seed {esc(run.get("seed"))}{drawn}</span>'
+            head = f'<div class="head">{esc(arm)}<br>{small}</div>'
             grid_rows.append((head, cells))
         if not grid_rows:
             continue
@@ -545,8 +548,8 @@ def _samples_section(results: dict[str, Any], base_dir: Path) -> str:
     if not out:
         return ""
     return (
-        '<p class="small">Test frames with predicted boxes vs the true boxes (as drawn by the runner).</p>'
-        + "".join(out)
+        '<p class="small">Test frames: predicted boxes (red, with scores) over the true boxes (green), drawn at '
+        "each run's F1-best score threshold (given under the arm).</p>" + "".join(out)
     )
 
 

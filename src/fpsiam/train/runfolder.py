@@ -38,6 +38,8 @@ BEST_MODEL = "best.safetensors"  # detection: the model of the best val epoch
 LAST_MODEL = "last.safetensors"  # detection: the model of the last epoch
 VAL_PREDICTIONS = "val_predictions.json"  # detection: COCO results of the last model on the val set
 TEST_METRICS = "test_metrics.json"  # experiment: the last model's metrics on the test set
+TEST_PREDICTIONS = "test_metrics.predictions.json"  # experiment: the last model's COCO results on the test set
+SAMPLES = "samples"  # experiment: sample pictures (predicted vs true boxes)
 LOCK = ".fpsiam.lock"
 
 # Keys a resume may change: they change what is printed or kept, not what is computed (and ``epochs`` extends
@@ -161,3 +163,32 @@ def run_folder(run_dir: str | os.PathLike, is_main: bool = True) -> Iterator[lis
     """Lock the folder (main process) and clean up after a killed predecessor; yields the temp files removed."""
     with RunLock(run_dir, enabled=is_main):
         yield clean_temp_files(run_dir) if is_main else []
+
+
+class RunFolder:
+    """Read a finished (or interrupted) run through its file names: ``RunFolder(path).read(RESULTS)``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def read(self, name: str) -> Any:
+        """A json file of the run (FpsiamError naming it when damaged)."""
+        from fpsiam.fileio import read_json
+
+        return read_json(self.path / name, f"the run's {name}")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of its metrics.jsonl (a torn last line dropped)."""
+        return self.rows_of(METRICS)
+
+    def rows_of(self, name: str) -> list[dict[str, Any]]:
+        """The rows of a jsonl file of the run (a torn last line dropped)."""
+        from fpsiam.train.metrics import MetricsLog
+
+        return MetricsLog(self.path, Path(name).stem).rows()
