@@ -116,7 +116,7 @@ def test_export_errors_are_one_line(exported, tmp_path):
     model, onnx, _ = exported["retinanet"]
     with pytest.raises(FpsiamError, match="export format 'tflite'"):
         export_model(model, "tflite")
-    with pytest.raises(FpsiamError, match="opset >= 11"):
+    with pytest.raises(FpsiamError, match="opset >= 16"):
         export_model(model, "onnx", tmp_path / "m.onnx", opset=9)
     with pytest.raises(FpsiamError, match="does not exist"):
         export_model(model, "onnx", tmp_path / "no" / "m.onnx")

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models.detection import FasterRCNN, RetinaNet
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import FrozenBatchNorm2d, roi_align
 
 from fpsiam.detect.models import (
     IMAGE_MEAN,
     IMAGE_STD,
+    AlignedMultiScaleRoIAlign,
+    FixedStrideAnchorGenerator,
     build_detector,
     convert_sync_bn,
     describe,
@@ -68,12 +73,14 @@ def test_faster_rcnn_recipe(frcnn):
     assert d["anchors"]["sizes"] == [[32], [64], [128], [256], [512]]
     assert d["anchors"]["aspect_ratios"] == [[0.5, 1.0, 2.0]] * 5
     assert d["anchors"]["per_location"] == [3] * 5
+    assert d["anchors"]["strides"] == [4, 8, 16, 32, 64]
     assert d["fpn"]["levels"] == ["0", "1", "2", "3", "pool"]
     assert d["fpn"]["returned_layers"] == ["layer1", "layer2", "layer3", "layer4"]
     assert d["rpn"]["pre_nms_top_n"] == {"training": 2000, "testing": 1000}
     assert d["rpn"]["post_nms_top_n"] == {"training": 1000, "testing": 1000}
     assert (d["rpn"]["nms_thresh"], d["rpn"]["fg_iou_thresh"], d["rpn"]["bg_iou_thresh"]) == (0.7, 0.7, 0.3)
     assert d["roi_heads"]["output_size"] == [7, 7]
+    assert (d["roi_heads"]["sampling_ratio"], d["roi_heads"]["aligned"]) == (0, True)  # mmcv RoIAlign
     assert d["roi_heads"]["featmap_names"] == ["0", "1", "2", "3"]
     assert d["roi_heads"]["representation_size"] == 1024
     assert d["test"] == {"score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 100}
@@ -96,6 +103,7 @@ def test_retinanet_recipe(retina):
         assert level == pytest.approx([base, base * 2 ** (1 / 3), base * 2 ** (2 / 3)])
     assert d["anchors"]["aspect_ratios"] == [[0.5, 1.0, 2.0]] * 5
     assert d["anchors"]["per_location"] == [9] * 5
+    assert d["anchors"]["strides"] == [8, 16, 32, 64, 128]
     assert d["fpn"]["returned_layers"] == ["layer2", "layer3", "layer4"]
     assert d["fpn"]["levels"] == ["0", "1", "2", "p6", "p7"]
     assert (d["retinanet"]["fg_iou_thresh"], d["retinanet"]["bg_iou_thresh"]) == (0.5, 0.4)
@@ -158,6 +166,159 @@ def test_bad_arguments():
         build_detector("yolo", "resnet18")  # type: ignore[arg-type]
 
 
+# ------------------------------------------------------------------------- anchors, RoIAlign, head init
+
+
+def anchor_generator(model):
+    return model.rpn.anchor_generator if isinstance(model, FasterRCNN) else model.anchor_generator
+
+
+def levels_at(model, padded_hw, image_hw):
+    """The model's real feature maps for a padded batch of one image, and the anchors its generator puts on them."""
+    images = ImageList(torch.zeros(1, 3, *padded_hw), [image_hw])
+    with torch.no_grad():
+        feats = list(model.backbone.eval()(images.tensors).values())
+    return images, feats, anchor_generator(model)(images, feats)[0]
+
+
+@pytest.mark.parametrize("which", ["frcnn", "retina"])
+@pytest.mark.parametrize(("padded_hw", "image_hw"), [((480, 480), (480, 480)), ((224, 352), (200, 328))])
+def test_anchors_sit_on_fixed_strides(which, padded_hw, image_hw, request):
+    """Every level's anchor centres are at (x * stride, y * stride) with the reference's fixed stride."""
+    model = request.getfixturevalue(which)
+    gen = anchor_generator(model)
+    assert isinstance(gen, FixedStrideAnchorGenerator)
+    strides = [4, 8, 16, 32, 64] if which == "frcnn" else [8, 16, 32, 64, 128]
+    assert gen.strides == strides
+    images, feats, anchors = levels_at(model, padded_hw, image_hw)
+    per_location = gen.num_anchors_per_location()
+    counts = [f.shape[-2] * f.shape[-1] * a for f, a in zip(feats, per_location, strict=True)]
+    assert anchors.shape == (sum(counts), 4)
+    for feat, level, stride, a in zip(feats, anchors.split(counts), strides, per_location, strict=True):
+        h, w = feat.shape[-2:]
+        # the grid is the feature map's: ceil(padded / stride) positions per axis
+        assert (h, w) == (math.ceil(padded_hw[0] / stride), math.ceil(padded_hw[1] / stride))
+        boxes = level.reshape(h, w, a, 4)
+        cx = (boxes[..., 0] + boxes[..., 2]) / 2
+        cy = (boxes[..., 1] + boxes[..., 3]) / 2
+        xs = (torch.arange(w, dtype=torch.float32) * stride)[None, :, None].expand(h, w, a)
+        ys = (torch.arange(h, dtype=torch.float32) * stride)[:, None, None].expand(h, w, a)
+        assert torch.equal(cx, xs) and torch.equal(cy, ys)
+        # and every position holds the same base anchors (sizes unchanged by the fix)
+        assert torch.equal(boxes - boxes[:1, :1], torch.stack([xs - xs[:1, :1], ys - ys[:1, :1]] * 2, dim=-1))
+    # grid_anchors ignores the strides torchvision's callers derive (fpsiam.detect.export's per-level ONNX path)
+    derived = [[torch.tensor(padded_hw[0] // f.shape[-2]), torch.tensor(padded_hw[1] // f.shape[-1])] for f in feats]
+    assert torch.equal(torch.cat(gen.grid_anchors([list(f.shape[-2:]) for f in feats], derived)), anchors)
+
+
+@pytest.mark.parametrize(
+    ("which", "level", "torchvision_stride", "fixed_stride"),
+    [("frcnn", 4, 60, 64), ("retina", 3, 60, 64), ("retina", 4, 120, 128)],  # P6, P6, P7
+)
+def test_coarse_level_strides_at_480(which, level, torchvision_stride, fixed_stride, request):
+    """At 480 px torchvision's AnchorGenerator puts P6 on a stride of 60 (P7: 120); ours on 64 (128)."""
+    model = request.getfixturevalue(which)
+    gen = anchor_generator(model)
+    images, feats, anchors = levels_at(model, (480, 480), (480, 480))
+    stock = AnchorGenerator(gen.sizes, gen.aspect_ratios)(images, feats)[0]
+    counts = [f.shape[-2] * f.shape[-1] * a for f, a in zip(feats, gen.num_anchors_per_location(), strict=True)]
+    a = gen.num_anchors_per_location()[level]
+
+    def stride_of(all_anchors):  # distance between the first two positions of the level along x
+        boxes = all_anchors.split(counts)[level]
+        return (boxes[a, 0] - boxes[0, 0]).item()
+
+    assert stride_of(stock) == torchvision_stride
+    assert stride_of(anchors) == gen.strides[level] == fixed_stride
+    # the finer levels agree with torchvision's at a size divisible by 32
+    fine = 4 if which == "frcnn" else 3
+    assert torch.equal(anchors[: sum(counts[:fine])], stock[: sum(counts[:fine])])
+
+
+def test_fixed_stride_anchor_generator_checks_its_strides():
+    with pytest.raises(ValueError, match="one positive integer per level"):
+        FixedStrideAnchorGenerator(((32,), (64,)), ((1.0,), (1.0,)), (4,))
+    with pytest.raises(ValueError, match="one positive integer per level"):
+        FixedStrideAnchorGenerator(((32,),), ((1.0,),), (4.5,))
+
+
+def test_roi_align_is_aligned_and_adaptive(frcnn):
+    """Each box is pooled by roi_align(aligned=True, sampling_ratio=0) on the level the FPN mapper picks."""
+    pool = frcnn.roi_heads.box_roi_pool
+    assert isinstance(pool, AlignedMultiScaleRoIAlign)
+    assert (pool.sampling_ratio, pool.aligned, pool.output_size) == (0, True, (7, 7))
+    g = torch.Generator().manual_seed(0)
+    size = 512
+    feats = {name: torch.randn(1, 8, size // s, size // s, generator=g) for name, s in
+             (("0", 4), ("1", 8), ("2", 16), ("3", 32), ("pool", 64))}  # fmt: skip
+    # sides 20, 120, 250, 480 -> P2, P3, P4, P5 (mmdet: floor(log2(side / 56)) clamped to 0..3)
+    boxes = torch.tensor([[3.3, 7.1, 23.3, 27.1], [100.5, 50.2, 220.5, 170.2], [10.0, 200.0, 260.0, 450.0],
+                          [16.0, 16.0, 496.0, 496.0]])  # fmt: skip
+    fresh = AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], 7, 0)  # the model's pooler caches its scales
+    pooled = fresh(feats, [boxes], [(size, size)])
+    assert fresh.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    levels = fresh.map_levels([boxes])
+    assert levels.tolist() == [0, 1, 2, 3]
+    side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
+    assert levels.tolist() == torch.floor(torch.log2(side / 56 + 1e-6)).clamp(0, 3).long().tolist()
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
+    for i, level in enumerate(levels.tolist()):
+        feat = feats[str(level)]
+        want = roi_align(feat, rois[i : i + 1], 7, spatial_scale=fresh.scales[level], sampling_ratio=0, aligned=True)
+        assert torch.equal(pooled[i : i + 1], want)
+        legacy = roi_align(feat, rois[i : i + 1], 7, spatial_scale=fresh.scales[level], sampling_ratio=2)
+        assert not torch.allclose(pooled[i : i + 1], legacy, atol=1e-4)  # torchvision's old default differs
+    # scripted, it pools the same (the whole detector is scripted by fpsiam export)
+    scripted = torch.jit.script(AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], 7, 0))
+    assert torch.equal(scripted(feats, [boxes], [(size, size)]), pooled)
+    assert "aligned=True" in repr(pool)
+
+
+def xavier_bound(layer):
+    return math.sqrt(6 / (layer.in_features + layer.out_features))
+
+
+def check_xavier(layer):
+    w, bound = layer.weight.detach(), xavier_bound(layer)
+    assert w.abs().max() <= bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)  # uniform(-b, b): std b / sqrt(3)
+    assert w.abs().max() > 0.99 * bound  # the full range is used (PyTorch's default: 1 / sqrt(fan_in))
+    assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_box_head_init_is_the_reference(frcnn):
+    """mmdet Shared2FCBBoxHead: FCs Xavier-uniform, fc_cls normal(0, 0.01), fc_reg normal(0, 0.001), biases 0."""
+    head, predictor = frcnn.roi_heads.box_head, frcnn.roi_heads.box_predictor
+    for fc in (head.fc6, head.fc7):
+        check_xavier(fc)
+    assert xavier_bound(head.fc6) > 2 / math.sqrt(head.fc6.in_features)  # far from PyTorch's default bound
+    for layer, std in ((predictor.cls_score, 0.01), (predictor.bbox_pred, 0.001)):
+        w = layer.weight.detach()
+        assert w.mean().item() == pytest.approx(0.0, abs=std / 5)
+        assert w.std().item() == pytest.approx(std, rel=0.1)
+        assert w.abs().max() > 2.5 * std  # normal, not uniform
+        assert torch.count_nonzero(layer.bias) == 0
+    # the RPN head keeps torchvision's normal(0, 0.01), which is mmdet's RPNHead init too
+    assert frcnn.rpn.head.conv[0][0].weight.std().item() == pytest.approx(0.01, rel=0.05)
+
+
+def test_gn_box_head_linear_is_xavier_too():
+    model = tiny("faster_rcnn", head_norm="gn")
+    linears = [m for m in model.roi_heads.box_head.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 1
+    check_xavier(linears[0])
+    assert torch.count_nonzero(model.roi_heads.box_predictor.cls_score.bias) == 0
+
+
+@pytest.mark.parametrize("which", ["frcnn", "retina"])
+def test_anchors_and_pooler_hold_no_tensors(which, request):
+    """The fixes add no state: model files keep their keys (files written before them still load)."""
+    model = request.getfixturevalue(which)
+    assert anchor_generator(model).state_dict() == {}
+    if which == "frcnn":
+        assert model.roi_heads.box_roi_pool.state_dict() == {}
+
+
 # ------------------------------------------------------------------------------------ train / eval
 
 
@@ -195,8 +356,9 @@ def test_train_step_changes_weights_and_eval_returns_boxes(kind):
     assert not torch.equal(body.layer1[0].bn1.running_mean, before["layer1_mean"])  # other BNs train
 
     model.eval()
-    if kind == "retinanet":
-        model.score_thresh = 0.0  # a fresh head scores ~0.01 (prior): keep everything to see boxes
+    # a fresh RetinaNet scores ~0.01 (prior); one step on mostly-background RoIs puts Faster R-CNN's small-init
+    # classifier (normal 0.01) near 0.03: keep everything to see boxes
+    keep_every_box(model)
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2
@@ -273,22 +435,31 @@ def test_backbone_of_another_arch_fails(tmp_path):
         build_detector("faster_rcnn", "resnet18", init=str(path), min_size=SIZE, max_size=SIZE)
 
 
-def test_save_load_round_trip(tmp_path):
-    model = fast(tiny("retinanet"))
+def keep_every_box(model):
+    if isinstance(model, FasterRCNN):
+        model.roi_heads.score_thresh = 0.0
+    else:
+        model.score_thresh = 0.0
+    return model
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "faster_rcnn"])
+def test_save_load_round_trip(kind, tmp_path):
+    model = fast(tiny(kind))
     images, targets = images_and_targets()
     model.train()
     model(images, targets)  # move BN running statistics off their defaults
     model.eval()
-    model.score_thresh = 0.0
+    keep_every_box(model)
     with torch.no_grad():
         expected = model(images)
     path = save_detector(model, tmp_path / "model.safetensors", {"epoch": 3, "backbone": "random"})
     assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
-    loaded, meta = load_detector(path, kind="retinanet", arch="resnet18")
-    assert (meta["kind"], meta["arch"], meta["min_size"], meta["epoch"]) == ("retinanet", "resnet18", SIZE, 3)
+    loaded, meta = load_detector(path, kind=kind, arch="resnet18")
+    assert (meta["kind"], meta["arch"], meta["min_size"], meta["epoch"]) == (kind, "resnet18", SIZE, 3)
     assert not loaded.training
     assert not loaded.backbone.body.conv1.weight.requires_grad
-    loaded.score_thresh = 0.0
+    fast(keep_every_box(loaded))
     with torch.no_grad():
         got = loaded(images)
     for a, b in zip(expected, got, strict=True):

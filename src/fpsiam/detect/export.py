@@ -54,7 +54,7 @@ TORCHSCRIPT_FORMAT = "fpsiam-detector-torchscript/1"
 META_KEY = "fpsiam"  # ONNX metadata_props key
 TS_EXTRA = "fpsiam.json"  # TorchScript extra file
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-MIN_OPSET = 11
+MIN_OPSET = 16  # RoIAlign with aligned=True (the reference's half-pixel RoIAlign) exists in ONNX from opset 16
 INPUT = "image"
 OUTPUTS = ("boxes", "scores", "labels")
 
@@ -150,7 +150,7 @@ def export_model(
     if fmt not in FORMATS:
         raise FpsiamError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise FpsiamError(f"ONNX opset {opset!r}: torchvision detectors need opset >= {MIN_OPSET}")
+        raise FpsiamError(f"ONNX opset {opset!r}: the detectors need opset >= {MIN_OPSET} (aligned RoIAlign)")
     model_path = Path(model_path)
     model, info = load_detector(model_path, device="cpu")
     meta = inference_meta(info)

@@ -10,9 +10,18 @@ What follows the reference (MMDetection 2.26 configs used by the paper) and wher
   The stem (conv1 + bn1) is frozen and bn1 stays in eval mode (mmdet ``frozen_stages=0``); all four stages
   and their BNs train (``norm_eval=False``); SyncBN when distributed on CUDA (:func:`convert_sync_bn`).
   Random init uses torchvision's Kaiming init plus ``zero_init_residual=True`` (mmdet's ResNet default).
+- Anchors sit on the reference's fixed strides (:class:`FixedStrideAnchorGenerator`): torchvision's
+  ``AnchorGenerator`` derives each level's stride from the padded image size // the feature-map size, which
+  drifts on the coarse levels (at 480 px: P6 60 instead of 64, RetinaNet's P7 120 instead of 128). Centres
+  are at multiples of the stride (cell corners), as both torchvision and mmdet (``center_offset=0``) place them.
 - Faster R-CNN: FPN on C2..C5 plus a stride-2 max-pool level (P2-P6); anchors scale 8 x strides 4-64
   = sizes 32..512, ratios 0.5/1/2; RPN pre/post-NMS 2000/1000 (train) and 1000/1000 (test), NMS 0.7;
-  RoIAlign 7x7 on P2-P5, two shared FC 1024; test score >= 0.05, NMS 0.5, <= 100 per image.
+  RoIAlign 7x7 on P2-P5 with adaptive sampling (``sampling_ratio=0``) and half-pixel ``aligned=True``
+  (:class:`AlignedMultiScaleRoIAlign`; torchvision's ``MultiScaleRoIAlign`` has no ``aligned``), levels picked
+  by torchvision's FPN mapper (= mmdet's ``finest_scale=56``); two shared FC 1024 initialised Xavier-uniform
+  with zero bias, classifier normal(0, 0.01) and box regressor normal(0, 0.001), zero bias (mmdet's
+  ``Shared2FCBBoxHead``; torchvision keeps PyTorch's default Linear init); test score >= 0.05, NMS 0.5,
+  <= 100 per image.
   Box loss: the reference uses L1 in the RPN and the RoI head; torchvision hard-codes smooth-L1
   (beta 1/9). ``box_loss="l1"`` (default) swaps in two small subclasses that compute plain L1 with
   torchvision's own normalisation (which is mmdet's: sum over positives / number of sampled anchors or
@@ -22,7 +31,8 @@ What follows the reference (MMDetection 2.26 configs used by the paper) and wher
   strides 8-128; focal loss gamma 2, alpha 0.25; IoU assignment 0.5 / 0.4; box loss L1 (torchvision's
   default ``_loss_type``, set explicitly); test score >= 0.05, NMS 0.5, <= 100 per image, 1000 candidates
   per level. Small differences kept from torchvision: a ReLU between P6 and P7, the focal and box losses
-  are normalised per image (mmdet: over the batch), anchors are rounded to integer corners.
+  are normalised per image (mmdet: over the batch); in both detectors the base anchors are rounded to integer
+  corners and the FPN convs start Kaiming-uniform (mmdet: unrounded, Xavier-uniform).
 - ``num_classes=2`` for both (background/unused 0 + polyp 1). RetinaNet's sigmoid classifier then has an
   unused class-0 channel (trained towards "absent"); it keeps label ids identical across detectors and
   torchvision's references. :func:`fpsiam.detect.evaluate.predictions_to_coco` drops label 0.
@@ -43,23 +53,32 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops.poolers import (
+    LevelMapper,
+    _convert_to_roi_format,
+    _filter_input,
+    _onnx_merge_levels,
+    _setup_scales,
+)
 
 from fpsiam.backbones import BACKBONES, build_resnet
 from fpsiam.backbones import channels as stage_channels
@@ -80,10 +99,13 @@ SIZE_DIVISIBLE = 32
 FPN_CHANNELS = 256
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
+# Anchor strides of the pyramid levels (mmdet's AnchorGenerator ``strides``): Faster R-CNN P2-P6, RetinaNet P3-P7.
+FRCNN_ANCHOR_STRIDES = (4, 8, 16, 32, 64)
+RETINA_ANCHOR_STRIDES = (8, 16, 32, 64, 128)
 # Faster R-CNN: anchor scale 8 x strides 4, 8, 16, 32, 64 (one size per level).
-FRCNN_ANCHOR_SIZES = tuple((8 * s,) for s in (4, 8, 16, 32, 64))
+FRCNN_ANCHOR_SIZES = tuple((8 * s,) for s in FRCNN_ANCHOR_STRIDES)
 # RetinaNet: octave base 4 x strides 8..128, 3 scales per octave (2^0, 2^(1/3), 2^(2/3)).
-RETINA_ANCHOR_SIZES = tuple(tuple(4 * s * 2 ** (i / 3) for i in range(3)) for s in (8, 16, 32, 64, 128))
+RETINA_ANCHOR_SIZES = tuple(tuple(4 * s * 2 ** (i / 3) for i in range(3)) for s in RETINA_ANCHOR_STRIDES)
 
 # Faster R-CNN RPN (mmdet rpn_proposal / test_cfg.rpn) and RoI head (rcnn) settings.
 RPN_SETTINGS = {
@@ -106,8 +128,13 @@ ROI_SETTINGS = {
     "detections_per_img": 100,
 }
 ROI_OUTPUT_SIZE = 7
-ROI_SAMPLING_RATIO = 2
+ROI_SAMPLING_RATIO = 0  # mmdet RoIAlign(sampling_ratio=0): ceil(RoI side on the feature map / 7) points per bin axis
+ROI_ALIGNED = True  # mmcv RoIAlign's default: half-pixel offset (torchvision's MultiScaleRoIAlign: legacy False)
 REPRESENTATION_SIZE = 1024
+# mmdet BBoxHead / ConvFCBBoxHead init: shared FCs Xavier-uniform, fc_cls normal(0, 0.01), fc_reg normal(0, 0.001),
+# every bias 0.
+CLS_SCORE_STD = 0.01
+BBOX_PRED_STD = 0.001
 RETINA_SETTINGS = {
     "fg_iou_thresh": 0.5,
     "bg_iou_thresh": 0.4,
@@ -243,6 +270,140 @@ def resnet_fpn(net: resnet.ResNet, arch: str, kind: str, head_norm: str = "none"
                      norm_layer=head_norm_layer(head_norm))  # fmt: skip
 
 
+# -------------------------------------------------------------------------- anchors, RoIAlign, head init
+
+
+class FixedStrideAnchorGenerator(AnchorGenerator):
+    """torchvision's ``AnchorGenerator`` with the reference's fixed stride per level.
+
+    torchvision derives level ``i``'s stride as ``padded image size // feature-map size`` (per axis), which is
+    exact for P2-P5 at sizes divisible by 32 but not for the coarser levels (at 480 px: P6 60 instead of 64,
+    RetinaNet's P7 120 instead of 128). Here level ``i`` uses ``strides[i]`` on both axes; the feature maps
+    still give the grid (``H_i x W_i`` positions). Anchors are centred on the cell corners ``(x * s, y * s)``,
+    as torchvision and mmdet 2.x (``center_offset=0``) place them; the base anchors are torchvision's (ratio =
+    height / width, corners rounded to whole pixels).
+
+    :meth:`grid_anchors` keeps torchvision's signature and ignores its ``strides`` argument, so callers that
+    compute strides themselves (torchvision's ``forward``, the per-level ONNX path in
+    :mod:`fpsiam.detect.export`) get the fixed strides too. Scripts with ``torch.jit.script``; traces for ONNX
+    with dynamic feature-map sizes (the strides are constants).
+    """
+
+    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
+                 strides: Sequence[int]) -> None:  # fmt: skip
+        super().__init__(tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in aspect_ratios))
+        if len(strides) != len(self.cell_anchors) or any(int(s) != s or s < 1 for s in strides):
+            raise ValueError(f"strides {tuple(strides)}: need one positive integer per level ({len(self.sizes)})")
+        self.strides = [int(s) for s in strides]
+
+    def fixed_grid_anchors(self, grid_sizes: list[list[int]]) -> list[Tensor]:
+        """Per level, the ``H * W * A`` anchors (xyxy): base anchors shifted to ``(x * stride, y * stride)``."""
+        torch._assert(
+            len(grid_sizes) == len(self.strides) == len(self.cell_anchors),
+            "FixedStrideAnchorGenerator: one feature map per anchor level expected",
+        )
+        anchors: list[Tensor] = []
+        for size, stride, base_anchors in zip(grid_sizes, self.strides, self.cell_anchors):  # noqa: B905 (TorchScript)
+            grid_height, grid_width = size
+            device = base_anchors.device
+            # the op sequence of torchvision's grid_anchors, with the level's fixed stride
+            shifts_x = torch.arange(0, grid_width, dtype=torch.int32, device=device) * stride
+            shifts_y = torch.arange(0, grid_height, dtype=torch.int32, device=device) * stride
+            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+            shift_x = shift_x.reshape(-1)
+            shift_y = shift_y.reshape(-1)
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+            anchors.append((shifts.view(-1, 1, 4) + base_anchors.view(1, -1, 4)).reshape(-1, 4))
+        return anchors
+
+    def grid_anchors(self, grid_sizes: list[list[int]], strides: list[list[Tensor]]) -> list[Tensor]:
+        """torchvision's signature; ``strides`` (derived from the padded size) is ignored for the fixed ones."""
+        return self.fixed_grid_anchors(grid_sizes)
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        grid_sizes = [list(feature_map.shape[-2:]) for feature_map in feature_maps]
+        self.set_cell_anchors(feature_maps[0].dtype, feature_maps[0].device)
+        per_level = self.fixed_grid_anchors(grid_sizes)
+        all_levels = torch.cat(per_level)
+        return [all_levels for _ in range(len(image_list.image_sizes))]
+
+
+def _multiscale_roi_align(
+    x_filtered: list[Tensor],
+    boxes: list[Tensor],
+    output_size: list[int],
+    sampling_ratio: int,
+    aligned: bool,
+    scales: list[float] | None,
+    mapper: LevelMapper | None,
+) -> Tensor:
+    """torchvision's ``poolers._multiscale_roi_align`` with ``aligned`` passed on to ``roi_align``."""
+    if scales is None or mapper is None:
+        raise ValueError("scales and mapper should not be None")
+    rois = _convert_to_roi_format(boxes)
+    if len(x_filtered) == 1:
+        return roi_align(x_filtered[0], rois, output_size=output_size, spatial_scale=scales[0],
+                         sampling_ratio=sampling_ratio, aligned=aligned)  # fmt: skip
+    levels = mapper(boxes)
+    dtype, device = x_filtered[0].dtype, x_filtered[0].device
+    result = torch.zeros((len(rois), x_filtered[0].shape[1]) + output_size, dtype=dtype, device=device)
+    tracing_results = []
+    for level, (per_level_feature, scale) in enumerate(zip(x_filtered, scales)):  # noqa: B905 (TorchScript)
+        idx_in_level = torch.where(levels == level)[0]
+        result_idx_in_level = roi_align(
+            per_level_feature, rois[idx_in_level], output_size, scale, sampling_ratio, aligned=aligned
+        )
+        if torchvision._is_tracing():
+            tracing_results.append(result_idx_in_level.to(dtype))
+        else:
+            result[idx_in_level] = result_idx_in_level.to(result.dtype)
+    if torchvision._is_tracing():
+        result = _onnx_merge_levels(levels, tracing_results)
+    return result
+
+
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` with RoIAlign's ``aligned`` flag (mmcv's RoIAlign: ``aligned=True``).
+
+    Same level assignment (``LevelMapper``: level ``floor(4 + log2(sqrt(area) / 224))`` clamped to the pooled
+    levels, which is mmdet's ``floor(log2(sqrt(area) / 56))`` over P2-P5) and the same scale inference
+    (``_setup_scales``); every level is pooled by ``torchvision.ops.roi_align(..., aligned=aligned)``.
+    ``aligned=True`` shifts the box by -0.5 px in feature coordinates (pixel centres), as the reference.
+    ONNX: ``aligned=True`` is exported as ``RoiAlign(coordinate_transformation_mode='half_pixel')``, opset >= 16.
+    """
+
+    def __init__(self, featmap_names: list[str], output_size: int | tuple[int, int], sampling_ratio: int,
+                 aligned: bool = True) -> None:  # fmt: skip
+        super().__init__(featmap_names, output_size, sampling_ratio)
+        self.aligned = aligned
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        x_filtered = _filter_input(x, self.featmap_names)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                x_filtered, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        return _multiscale_roi_align(
+            x_filtered, boxes, self.output_size, self.sampling_ratio, self.aligned, self.scales, self.map_levels
+        )
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, aligned={self.aligned})"
+
+
+def init_box_head(box_head: nn.Module, predictor: FastRCNNPredictor) -> None:
+    """mmdet's box-head init: every Linear of ``box_head`` Xavier-uniform (gain 1), the predictor's classifier
+    normal(0, 0.01) and box regressor normal(0, 0.001); all their biases 0. Convolutions (the GN head's) keep
+    torchvision's init."""
+    for m in box_head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    for layer, std in ((predictor.cls_score, CLS_SCORE_STD), (predictor.bbox_pred, BBOX_PRED_STD)):
+        nn.init.normal_(layer.weight, mean=0.0, std=std)
+        nn.init.zeros_(layer.bias)
+
+
 # ------------------------------------------------------------------------------ L1 box loss (Faster R-CNN)
 
 
@@ -334,15 +495,17 @@ def _transform_kwargs(spec: DetectorSpec) -> dict[str, Any]:
 
 
 def _faster_rcnn(backbone: ResNetFPN, spec: DetectorSpec) -> FasterRCNN:
-    anchors = AnchorGenerator(FRCNN_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(FRCNN_ANCHOR_SIZES))
+    anchors = FixedStrideAnchorGenerator(FRCNN_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(FRCNN_ANCHOR_SIZES),
+                                         FRCNN_ANCHOR_STRIDES)  # fmt: skip
     rpn_head = RPNHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0])
-    roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=ROI_OUTPUT_SIZE, sampling_ratio=ROI_SAMPLING_RATIO)
+    roi_pool = AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO, ROI_ALIGNED)
     if spec.head_norm == "none":
         box_head: nn.Module = TwoMLPHead(FPN_CHANNELS * ROI_OUTPUT_SIZE**2, REPRESENTATION_SIZE)
     else:
         box_head = FastRCNNConvFCHead((FPN_CHANNELS, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE), [FPN_CHANNELS] * GN_BOX_CONVS,
                                       [REPRESENTATION_SIZE], norm_layer=head_norm_layer(spec.head_norm))  # fmt: skip
     predictor = FastRCNNPredictor(REPRESENTATION_SIZE, spec.num_classes)
+    init_box_head(box_head, predictor)
     model = FasterRCNN(
         backbone,
         num_classes=None,
@@ -366,7 +529,8 @@ def _faster_rcnn(backbone: ResNetFPN, spec: DetectorSpec) -> FasterRCNN:
 
 
 def _retinanet(backbone: ResNetFPN, spec: DetectorSpec) -> RetinaNet:
-    anchors = AnchorGenerator(RETINA_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(RETINA_ANCHOR_SIZES))
+    anchors = FixedStrideAnchorGenerator(RETINA_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(RETINA_ANCHOR_SIZES),
+                                         RETINA_ANCHOR_STRIDES)  # fmt: skip
     head = RetinaNetHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0], spec.num_classes,
                          norm_layer=head_norm_layer(spec.head_norm))  # fmt: skip
     model = RetinaNet(
@@ -476,6 +640,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
             "sizes": [list(s) for s in anchor_gen.sizes],
             "aspect_ratios": [list(r) for r in anchor_gen.aspect_ratios],
             "per_location": anchor_gen.num_anchors_per_location(),
+            "strides": list(anchor_gen.strides),  # fixed per level (FixedStrideAnchorGenerator)
         },
         "batchnorm": {
             "types": sorted({type(m).__name__ for m in bns}),
@@ -506,6 +671,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
             "featmap_names": list(roi.box_roi_pool.featmap_names),
             "output_size": list(roi.box_roi_pool.output_size),
             "sampling_ratio": roi.box_roi_pool.sampling_ratio,
+            "aligned": roi.box_roi_pool.aligned,
             "representation_size": [m for m in roi.box_head.modules() if isinstance(m, nn.Linear)][-1].out_features,
             "batch_size_per_image": roi.fg_bg_sampler.batch_size_per_image,
             "positive_fraction": roi.fg_bg_sampler.positive_fraction,
@@ -675,7 +841,9 @@ def _check_state_dict(path: Path, spec: DetectorSpec, expected: dict[str, Tensor
 
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
+    "AlignedMultiScaleRoIAlign",
     "DetectorSpec",
+    "FixedStrideAnchorGenerator",
     "L1RegionProposalNetwork",
     "L1RoIHeads",
     "ResNetFPN",
@@ -685,6 +853,7 @@ __all__ = [
     "describe",
     "freeze_stem",
     "inference_meta",
+    "init_box_head",
     "init_resnet",
     "load_detector",
     "read_detector_meta",
