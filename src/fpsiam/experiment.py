@@ -20,6 +20,7 @@ import shutil
 import socket
 import statistics
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_open, write_json
 from fpsiam.train import distributed as D
 from fpsiam.train import runfolder as R
+from fpsiam.train.provenance import console_log, write_run_info
 from fpsiam.train.runfolder import run_folder
 
 TABLE_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -125,12 +127,45 @@ def imagenet_weights(cfg: ExperimentConfig) -> tuple[str | None, str | None]:
         socket.setdefaulttimeout(old)
 
 
+class Stages:
+    """Counts the study's stages and prints "stage k of N" with the elapsed time and an ETA before each.
+
+    The ETA is the mean time of the stages that actually ran in this session (skipped ones cost nothing) times
+    the stages left.
+    """
+
+    def __init__(self, total: int, log):
+        self.total, self.log = total, log
+        self.done = 0
+        self.started = time.perf_counter()
+        self.ran: list[float] = []
+        self._t0 = self.started
+
+    def begin(self, what: str) -> None:
+        self.done += 1
+        self._t0 = time.perf_counter()
+        left = self.total - self.done + 1
+        eta = _hms(statistics.fmean(self.ran) * left) if self.ran else "?"
+        self.log(f"== stage {self.done} of {self.total}: {what} (elapsed {_hms(self._t0 - self.started)}, "
+                 f"eta {eta})")  # fmt: skip
+
+    def end(self, ran: bool) -> None:
+        if ran:
+            self.ran.append(time.perf_counter() - self._t0)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class Experiment:
     """Runs the stages of one experiment into ``out``; every stage can be skipped, resumed or fail alone."""
 
     def __init__(self, cfg: ExperimentConfig, out: Path, env: D.DistEnv, command: str = ""):
         self.cfg, self.out, self.env, self.command = cfg, Path(out), env, command
         self.log = print if env.is_main else (lambda *a, **k: None)
+        self.stages = Stages(0, self.log)
 
     def prune(self, run: Path) -> None:
         """Delete a finished stage's resume checkpoints unless ``keep_checkpoints``: its weights files stay.
@@ -151,8 +186,10 @@ class Experiment:
         run = self.out / "pretrain" / method
         folder = R.RunFolder(run)
         entry: dict[str, Any] = {"run_dir": str(run.relative_to(self.out))}
+        self.stages.begin(f"pretrain {method}")
         if folder.has(R.SUMMARY):
             self.log(f"[pretrain {method}] done before; skipping")
+            self.stages.end(ran=False)
         else:
             cfg = copy.deepcopy(self.cfg.pretrain)
             cfg.model.method = method
@@ -161,6 +198,7 @@ class Experiment:
             self.log(f"[pretrain {method}] -> {run}")
             try:
                 pretrain(cfg, run, resume=True, env=self.env)
+                self.stages.end(ran=True)
             except Exception as e:  # noqa: BLE001 - a failed arm is reported, the others go on
                 entry.update(status="failed", reason=_reason(e), curve=folder.rows())
                 self.log(f"[pretrain {method}] FAILED: {entry['reason']}")
@@ -220,9 +258,11 @@ class Experiment:
             "run_dir": str(run.relative_to(self.out)),
         }
         folder = R.RunFolder(run)
+        self.stages.begin(f"{arm} {detector} seed {seed}, {100 * labels:g} % of the labels")
         try:
             if folder.has(R.RESULTS):
                 self.log(f"[{arm} {detector} seed {seed}] trained before; skipping")
+                self.stages.end(ran=False)
             else:
                 cfg = self.detect_config(backbone)
                 cfg.model.kind = detector
@@ -236,6 +276,7 @@ class Experiment:
                 )
                 self.log(f"[{arm} {detector} seed {seed}] -> {run}")
                 train_detector(cfg, run, resume=True, env=self.env)
+                self.stages.end(ran=True)
             if self.env.is_main and not folder.has(R.TEST_METRICS):
                 self.test_metrics(run)
             self.prune(run)
@@ -330,7 +371,11 @@ class Experiment:
         cfg = self.cfg
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
+            save_config(cfg, self.out / R.CONFIG)
+        arm_count = len(cfg.inits) + len(cfg.methods) + len(cfg.weights)
+        self.stages.total = len(cfg.methods) + arm_count * len(cfg.detectors) * len(cfg.seeds) * len(
+            cfg.label_fractions
+        )
         pretrain = {m: self.pretrain(m) for m in cfg.methods}
 
         arms: list[tuple[str, str, str | None, str | None]] = []  # (name, backbone, weights_file, skip reason)
@@ -412,5 +457,11 @@ class Experiment:
 def run_experiment(cfg: ExperimentConfig, out: str | Path, where: str = "config", command: str = "") -> dict[str, Any]:
     """Check the config, then run (or resume) every stage; returns the results dict (also results.json)."""
     check_config(cfg, where)
-    with D.session(cfg.detect.train.device) as env, run_folder(out, env.is_main):
+    with (
+        D.session(cfg.detect.train.device) as env,
+        run_folder(out, env.is_main),
+        console_log(Path(out) / R.LOG, env.is_main),
+    ):
+        if env.is_main:
+            write_run_info(Path(out) / R.RUN_INFO, {"kind": "experiment", "name": cfg.name}, seed=None)
         return Experiment(cfg, Path(out), env, command).run()

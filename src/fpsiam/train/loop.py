@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from fpsiam.config import save_config
 from fpsiam.errors import FpsiamError
-from fpsiam.fileio import write_json
 from fpsiam.train import distributed as D
 from fpsiam.train import runfolder as R
 from fpsiam.train.checkpoint import (
@@ -41,7 +40,10 @@ from fpsiam.train.checkpoint import (
     set_rng_state,
 )
 from fpsiam.train.metrics import MetricsLog
+from fpsiam.train.provenance import console_log, write_run_info
 from fpsiam.train.sampling import ResumableSampler, SeededSamples
+
+PLAIN_EVERY_S = 60.0  # without a terminal (nohup, CI, a cluster job): one plain progress line a minute
 
 
 @dataclasses.dataclass
@@ -144,6 +146,8 @@ class Engine:
         self.skipped: list[int] = []
         self.last: dict[str, float] = {}
         self.started = time.perf_counter()
+        self.session_start = (0, self.started)  # (global step, time) when this session's training began
+        self.last_plain = self.started
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -174,11 +178,11 @@ class Engine:
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / R.CONFIG)
-            write_json(self.run_dir / R.RUN_INFO, {
+            write_run_info(self.run_dir / R.RUN_INFO, {
                 "world_size": env.world_size, "global_batch": self.global_batch, "device": str(env.device),
                 "samples": len(data), "steps_per_epoch": self.steps_per_epoch,
                 "amp": str(self.dtype) if self.dtype else "none", **task.describe(),
-            })  # fmt: skip
+            }, seed=s.seed)  # fmt: skip
             self.metrics.truncate_after(self.global_step)
         task.before_training(self, fresh)
 
@@ -231,11 +235,15 @@ class Engine:
     # ------------------------------------------------------------------ the loop
     def run(self) -> nn.Module:
         """Lock the run folder, set up, train every remaining epoch; returns the trained (unwrapped) model."""
-        with R.run_folder(self.run_dir, self.env.is_main) as cleaned:
+        with (
+            R.run_folder(self.run_dir, self.env.is_main) as cleaned,
+            console_log(self.run_dir / R.LOG, self.env.is_main),
+        ):
             if cleaned:
                 self.log(f"removed {len(cleaned)} temp file(s) of an interrupted write in {self.run_dir}")
             self.setup()
             self.log(self.start_line())
+            self.session_start = (self.global_step, time.perf_counter())
             while self.epoch < self.s.epochs:
                 self.train_epoch()
             self.metrics.write_csv()
@@ -267,9 +275,11 @@ class Engine:
     def train_epoch(self) -> None:
         s, env = self.s, self.env
         self.model.train()
+        show = env.is_main and s.progress
+        tty = sys.stderr.isatty()
         bar = tqdm(
             total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{s.epochs}",
-            disable=not (env.is_main and s.progress), leave=False, dynamic_ncols=True, file=sys.stderr,
+            disable=not (show and tty), leave=False, dynamic_ncols=True, file=sys.stderr,
         )  # fmt: skip
         window = {"data": 0.0, "total": 0.0, "steps": 0}
         tick = time.perf_counter()
@@ -282,7 +292,12 @@ class Engine:
             window["steps"] += 1
             tick = now
             bar.update(1)
-            bar.set_postfix(loss=f"{values['loss']:.4f}")
+            bar.set_postfix(loss=f"{values['loss']:.4f}", eta=self.eta())
+            if show and not tty and now - self.last_plain >= PLAIN_EVERY_S:  # a log file, not a terminal
+                self.last_plain = now
+                where = f"epoch {self.epoch + 1}/{s.epochs} step {self.step_in_epoch}/{self.steps_per_epoch}"
+                print(f"{where}: loss {values['loss']:.4f}, elapsed {_hms(self.seconds())}, eta {self.eta()}",
+                      flush=True)  # fmt: skip
             end_of_epoch = self.step_in_epoch >= self.steps_per_epoch
             if self.global_step % s.log_every == 0 or end_of_epoch or values.get("skipped"):
                 self.log_step(values, window)
@@ -376,6 +391,20 @@ class Engine:
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started
+
+    def eta(self) -> str:
+        """The whole run's remaining time, from this session's pace (h:mm:ss; "?" before the first steps)."""
+        done_at_start, t0 = self.session_start
+        done = self.global_step - done_at_start
+        if done <= 0:
+            return "?"
+        remaining = self.s.epochs * self.steps_per_epoch - self.global_step
+        return _hms(remaining * (time.perf_counter() - t0) / done)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _as_dict(config: Any) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from fpsiam.errors import FpsiamError
 
 # ------------------------------------------------------------------------------------------ file names
 CONFIG = "config.yaml"  # the effective config (file + --set)
-RUN_INFO = "run.json"  # what the run is running on (world size, device, lr, ...)
+RUN_INFO = "run.json"  # what the run ran on (device, batch, lr...) and its sessions (versions, commit, command, host)
+LOG = "log.txt"  # a copy of the console, warnings included
 METRICS = "metrics.jsonl"  # one row per logged step / epoch / probe (the source of truth)
 CHECKPOINTS = "checkpoints"  # ckpt_<global step>.pt, the newest keep_last of them
 SUMMARY = "summary.json"  # pretraining: written when the run finished
