@@ -1,0 +1,60 @@
+"""Every run folder says where it came from (run.json sessions, log.txt) and long runs report progress."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fpsiam
+from fpsiam.config import PretrainConfig, load_config
+from fpsiam.ssl import pretrain as P
+from fpsiam.train.provenance import git_commit
+
+TINY = [
+    "model.backbone=resnet18", "model.init=random", "model.proj_dim=32", "model.pred_dim=8",
+    "model.pyramid_channels=16", "data.size=32", "data.workers=0", "train.batch_size=4", "train.epochs=1",
+    "train.max_steps_per_epoch=2", "train.progress=true", "train.amp=none", "train.seed=3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    root = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(root / f"{i:04d}.jpg")
+    return root
+
+
+def test_run_json_sessions_and_log_txt(frames, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    cfg = load_config(PretrainConfig, None, [*TINY, f"data.source={frames}"])
+    monkeypatch.setattr("sys.argv", ["fpsiam", "pretrain", "x.yaml", "--set", "train.seed=3"])
+    P.pretrain(cfg, run)
+    cfg2 = load_config(PretrainConfig, None, [*TINY, f"data.source={frames}", "train.epochs=2"])
+    P.pretrain(cfg2, run, resume=True)  # a second session of the same run
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["sessions"]) == 2 and info["global_batch"] == 4
+    s = info["sessions"][0]
+    assert s["fpsiam"] == fpsiam.__version__ and s["torch"] and s["torchvision"] and s["seed"] == 3
+    assert s["command"] == "fpsiam pretrain x.yaml --set train.seed=3" and s["host"] and s["pid"]
+    assert s["git_commit"] == git_commit()
+    log = (run / "log.txt").read_text()
+    assert "fpsiam/resnet18: 8 frames" in log and "resumed from" in log and "epoch 2/2:" in log
+    assert "\r" not in log  # no progress-bar redraws
+    out = capsys.readouterr()
+    assert "fpsiam/resnet18: 8 frames" in out.out  # the console still gets everything
+
+
+def test_plain_progress_lines_without_a_terminal(frames, tmp_path, capsys, monkeypatch):
+    from fpsiam.train import loop
+
+    monkeypatch.setattr(loop, "PLAIN_EVERY_S", 0.0)  # every step, for the test
+    cfg = load_config(PretrainConfig, None, [*TINY, f"data.source={frames}"])
+    P.pretrain(cfg, tmp_path / "run")
+    out = capsys.readouterr()
+    lines = [x for x in out.out.splitlines() if x.startswith("epoch 1/1 step ")]
+    assert len(lines) == 2 and "eta" in lines[-1] and "\r" not in out.err  # stderr is not a tty here: no bar
