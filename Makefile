@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean package-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The wheel in a fresh venv outside the checkout, as a pip user installs it (CI runs it after `make test`).
+package-check:
+	PY=$(PY) bash .ci/package_check.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

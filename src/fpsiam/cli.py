@@ -284,6 +284,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from fpsiam import presets
+
+    if args.config_command == "list":
+        print(presets.listing())
+    else:
+        print(presets.show(args.config, args.set, args.kind), end="")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -410,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`torchrun --nproc_per_node=N -m fpsiam pretrain ...` for DDP. Writes config.yaml, metrics.jsonl/csv, "
         "checkpoints/ and backbone.safetensors into the run folder.",
     )
-    p.add_argument("config", help="YAML preset (see configs/)")
+    p.add_argument("config", help="preset name (fpsiam config list) or YAML file")
     p.add_argument("--data", help="frame source (overrides data.source)")
     add_run_flags(p, "runs/pretrain/<config name>")
     p.set_defaults(func=cmd_pretrain)
@@ -476,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backbone; evaluates the val set every epoch; keeps best.safetensors and last.safetensors. "
         "Same command under torchrun for DDP.",
     )
-    p.add_argument("config", help="YAML preset (see configs/)")
+    p.add_argument("config", help="preset name (fpsiam config list) or YAML file")
     p.add_argument("--train", help="training COCO json (overrides data.train)")
     p.add_argument("--val", help="validation COCO json (overrides data.val)")
     p.add_argument("--images", help="images root for both jsons")
@@ -575,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         "detector x seed, each stage in its own run folder; rerunning skips finished stages and resumes "
         "interrupted ones. Writes OUT/results.json and OUT/report.html.",
     )
-    p.add_argument("config", help="experiment YAML (see configs/experiments/)")
+    p.add_argument("config", help="experiment preset name (fpsiam config list) or YAML file")
     add_run_flags(p, "runs/experiments/<config name>", resume=False)  # reruns always resume
     p.set_defaults(func=cmd_experiment)
 
@@ -598,6 +608,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few steps per stage only (a smoke test)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "config",
+        help="list the YAML presets shipped with fpsiam, or show one merged with --set overrides",
+        description="The presets (fpsiam/configs/ in the package) are what every CONFIG argument takes by name "
+        "(fpsiam pretrain fpsiam_r18_cpu) as well as a YAML file by path.",
+        epilog="examples: fpsiam config list; fpsiam config show fpsiam_r18_cpu --set train.epochs=2 > my.yaml",
+    )
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND")
+    q = csub.add_parser("list", help="the preset names, by kind (pretraining, detection, experiments)")
+    q.set_defaults(func=cmd_config)
+    q = csub.add_parser(
+        "show",
+        help="a preset or YAML file merged with --set overrides, validated, as YAML",
+        description="Print the effective config (the config.yaml a run folder gets) of a preset name or YAML file "
+        "with --set overrides applied and validated.",
+        epilog="example: fpsiam config show experiments/kvasir_cpu --set seeds=[0] > my_experiment.yaml",
+    )
+    q.add_argument("config", metavar="NAME_OR_PATH", help="preset name (fpsiam config list) or YAML file")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    q.add_argument("--kind", choices=["pretrain", "detect", "experiment"],
+                   help="the config's kind (default: read from its keys)")  # fmt: skip
+    q.set_defaults(func=cmd_config)
 
     return parser
 

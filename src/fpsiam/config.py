@@ -311,8 +311,11 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
     if path is not None:
         where = str(path)
         p = Path(path)
-        if not p.is_file():
-            raise FpsiamError(f"{path}: config file not found; pass a YAML file (see configs/)")
+        if not p.is_file():  # a preset name (fpsiam config list), or FpsiamError with the closest names
+            from fpsiam.presets import resolve
+
+            kind = {PretrainConfig: "pretrain", DetectConfig: "detect", ExperimentConfig: "experiment"}.get(cls)
+            p = resolve(path, kind)
         try:
             raw = yaml_load(p.read_text(encoding="utf-8"), str(path)) or {}
         except UnicodeDecodeError:

@@ -44,11 +44,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from pytorch_grad_cam import EigenCAM, GradCAM
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
-from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
@@ -59,6 +54,21 @@ from fpsiam.data.images import decode_rgb
 from fpsiam.detect.models import IMAGE_MEAN, IMAGE_STD, META_KEY, load_detector
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_path, write_json
+
+# grad-cam is an optional dependency (the "explain" extra): importing this module without it is one FpsiamError
+# line saying how to install it (``fpsiam gradcam`` imports this module only when it runs; the experiment's
+# Grad-CAM pictures record the line and go on).
+try:
+    from pytorch_grad_cam import EigenCAM, GradCAM
+    from pytorch_grad_cam.base_cam import BaseCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+except ImportError as e:  # not installed, or installed without a dependency of its own (e.g. OpenCV)
+    raise FpsiamError(
+        f"Grad-CAM needs the optional package grad-cam, which does not import here ({e}); install it with: "
+        'pip install "fpsiam[explain]"'
+    ) from None
 
 ImageInput = str | os.PathLike | Tensor
 
