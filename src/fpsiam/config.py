@@ -144,7 +144,9 @@ class PretrainTrain:
     log_every: int = 10  # steps
     collapse_warn: float = 0.1  # warn when the collapse monitor (std * sqrt(d)) falls below this
     progress: bool = True
-    tensorboard: bool = False
+    tensorboard: bool = False  # also log to TensorBoard (RUN_DIR/tensorboard; pip install "fpsiam[tensorboard]")
+    mlflow: bool = False  # also log to MLflow (pip install "fpsiam[mlflow]"); resume continues the same MLflow run
+    mlflow_uri: str | None = None  # default: a file store in RUN_DIR/mlruns
     device: str = "auto"  # auto | cpu | cuda
 
 
@@ -241,6 +243,9 @@ class DetectTrain:
     eval_every: int = 1  # epochs; the val set is evaluated after every n-th epoch and at the end
     log_every: int = 10
     progress: bool = True
+    tensorboard: bool = False  # also log to TensorBoard (RUN_DIR/tensorboard; pip install "fpsiam[tensorboard]")
+    mlflow: bool = False  # also log to MLflow (pip install "fpsiam[mlflow]"); resume continues the same MLflow run
+    mlflow_uri: str | None = None  # default: a file store in RUN_DIR/mlruns
     device: str = "auto"
 
 

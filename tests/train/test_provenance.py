@@ -58,3 +58,27 @@ def test_plain_progress_lines_without_a_terminal(frames, tmp_path, capsys, monke
     out = capsys.readouterr()
     lines = [x for x in out.out.splitlines() if x.startswith("epoch 1/1 step ")]
     assert len(lines) == 2 and "eta" in lines[-1] and "\r" not in out.err  # stderr is not a tty here: no bar
+
+
+def test_tensorboard_and_mlflow_track_the_same_rows_and_resume_continues_the_mlflow_run(frames, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra")
+    mlflow = pytest.importorskip("mlflow", reason="the mlflow extra")
+    run = tmp_path / "run"
+    sets = [*TINY, f"data.source={frames}", "train.tensorboard=true", "train.mlflow=true", "train.log_every=1"]
+    P.pretrain(load_config(PretrainConfig, None, sets), run)
+    P.pretrain(load_config(PretrainConfig, None, [*sets, "train.epochs=2"]), run, resume=True)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    run_id = (run / "mlflow_run_id.txt").read_text().strip()
+    mlflow.set_tracking_uri((run / "mlruns").resolve().as_uri())  # fpsiam's default: a file store in the run
+    client = mlflow.tracking.MlflowClient()
+    history = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # both sessions in one MLflow run
+    assert client.get_run(run_id).data.params["train.seed"] == "3"
+
+
+def test_a_tracker_asked_for_but_missing_is_one_loud_warning(frames, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "mlflow", None)  # as if the extra were not installed
+    sets = [*TINY, f"data.source={frames}", "train.mlflow=true"]
+    P.pretrain(load_config(PretrainConfig, None, sets), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert err.count('pip install "fpsiam[mlflow]"') == 1 and (tmp_path / "run" / "metrics.jsonl").is_file()

@@ -42,6 +42,7 @@ from fpsiam.train.checkpoint import (
 from fpsiam.train.metrics import MetricsLog
 from fpsiam.train.provenance import console_log, write_run_info
 from fpsiam.train.sampling import ResumableSampler, SeededSamples
+from fpsiam.train.tracking import make_trackers
 
 PLAIN_EVERY_S = 60.0  # without a terminal (nohup, CI, a cluster job): one plain progress line a minute
 
@@ -66,6 +67,8 @@ class LoopSettings:
     progress: bool = True
     device: str = "auto"
     tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_uri: str | None = None
     clip_grad_norm: float | None = None
     nonfinite_skips: int = 10
     workers: int = 2
@@ -174,7 +177,11 @@ class Engine:
         if s.compile:
             self.model = torch.compile(self.model)
         self.core = D.unwrap(self.model)
-        self.metrics = MetricsLog(self.run_dir, "metrics", enabled=env.is_main, tensorboard=s.tensorboard)
+        trackers = []
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            trackers = make_trackers(self.run_dir, s.tensorboard, s.mlflow, s.mlflow_uri, _as_dict(self.config))
+        self.metrics = MetricsLog(self.run_dir, "metrics", enabled=env.is_main, trackers=trackers)
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / R.CONFIG)

@@ -1,4 +1,4 @@
-"""Run metrics: JSONL (one row per logged step or epoch) plus a CSV view, and an optional TensorBoard."""
+"""Run metrics: JSONL (one row per logged step or epoch) plus a CSV view, and optional trackers fed the same rows."""
 
 from __future__ import annotations
 
@@ -19,18 +19,11 @@ class MetricsLog:
     resumed run's log is the same as an uninterrupted one's.
     """
 
-    def __init__(self, run_dir: str | Path, name: str = "metrics", enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, run_dir: str | Path, name: str = "metrics", enabled: bool = True, trackers: list | None = None):
         self.path = Path(run_dir) / f"{name}.jsonl"
         self.csv_path = Path(run_dir) / f"{name}.csv"
         self.enabled = enabled
-        self._tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-            except ImportError:
-                self._tb = None
+        self.trackers = list(trackers or [])  # TensorBoard / MLflow (fpsiam.train.tracking), fed every row
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -38,10 +31,8 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(clean) + "\n")
-        if self._tb is not None and "global_step" in row:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "global_step":
-                    self._tb.add_scalar(k, v, row["global_step"])
+        for tracker in self.trackers:
+            tracker.log(row)
 
     def rows(self) -> list[dict[str, Any]]:
         """The logged rows. A torn last line (a kill in the middle of a write) is dropped; a damaged line
@@ -87,5 +78,6 @@ class MetricsLog:
             writer.writerows(rows)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []

@@ -47,7 +47,7 @@ LOCK = ".fpsiam.lock"
 # a run: with the cosine schedule the lr of the remaining epochs then follows the new length).
 SAFE_TO_CHANGE = (
     "train.progress", "train.log_every", "train.tensorboard", "train.keep_last", "train.checkpoint_every",
-    "train.checkpoint_steps", "train.epochs", "train.eval_every", "data.workers", "probe.",
+    "train.checkpoint_steps", "train.epochs", "train.eval_every", "data.workers", "probe.", "train.mlflow",
 )  # fmt: skip
 
 
