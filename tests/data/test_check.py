@@ -150,3 +150,30 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "file not found" in capsys.readouterr().out
     assert main(["data", "check", str(tmp_path / "none.json")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_images_dir_falls_back_to_json_relative_and_bare_names(tmp_path, capsys):
+    """`--images` pointing at the dataset's own folder, while the json's names are relative to the json."""
+    from PIL import Image
+
+    from fpsiam.cli import main
+    from fpsiam.data.check import check_annotations
+
+    flat = tmp_path / "dataset" / "images"
+    flat.mkdir(parents=True)
+    Image.new("RGB", (20, 10)).save(flat / "a.jpg")
+    ann = tmp_path / "json" / "ann.json"
+    ann.parent.mkdir()
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "../dataset/images/a.jpg", "width": 20, "height": 10}],
+                               "annotations": []}))  # fmt: skip
+    report = check_annotations(ann, str(flat))
+    assert report.ok and report.found_by == {"json": 1}
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "somewhere/else/a.jpg", "width": 20, "height": 10}],
+                               "annotations": []}))  # fmt: skip
+    assert main(["data", "check", str(ann), "--images", str(flat)]) == 0
+    assert f"image files found: 1 at {flat}/<the file's name>" in capsys.readouterr().out
+    out = tmp_path / "split"
+    assert main(["data", "split", str(ann), "--images", str(flat), "--by", "image", "--fractions", "1", "0", "0",
+                 "-o", str(out)]) == 0  # fmt: skip
+    written = json.loads((out / "train.json").read_text())
+    assert (out / written["images"][0]["file_name"]).resolve() == (flat / "a.jpg").resolve()

@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from fpsiam.data.cocojson import image_root, load_coco, relative_file_name, save_coco
+from fpsiam.data.cocojson import load_coco, locate_image, relative_file_name, save_coco
 from fpsiam.data.images import image_size, reason
 from fpsiam.errors import FpsiamError
 
@@ -53,6 +53,8 @@ class CheckReport:
     image_sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
     box_sizes: Counter = field(default_factory=Counter)  # "small"/"medium"/"large" -> boxes
     problems: list[str] = field(default_factory=list)
+    images_dir: str | None = None  # --images DIR
+    found_by: Counter = field(default_factory=Counter)  # how each image file was found (locate_image's rules)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +74,11 @@ class CheckReport:
             f"image sizes: {sizes or '-'}",
             "box sizes (COCO): " + ", ".join(f"{k} {self.box_sizes[k]}" for k in ("small", "medium", "large")),
         ]
+        if self.images_dir is not None and (self.found_by["json"] or self.found_by["name"]):
+            rules = {"images": f"{self.images_dir}/<file_name>", "json": "<the json's folder>/<file_name>",
+                     "name": f"{self.images_dir}/<the file's name>"}  # fmt: skip
+            used = ", ".join(f"{n} at {rules[r]}" for r, n in self.found_by.most_common() if n)
+            lines.append(f"image files found: {used}")
         if self.ok:
             lines.append("OK: no problems found")
             return lines
@@ -105,8 +112,7 @@ def check_annotations(ann: Path, images: str | None = None, decode: bool = True)
     """
     ann = Path(ann)
     data = load_coco(ann)
-    root = image_root(ann, images)
-    report = CheckReport(ann=ann)
+    report = CheckReport(ann=ann, images_dir=images)
     problems = report.problems
 
     categories = {c.get("id") for c in data["categories"] if isinstance(c, dict) and _is_id(c.get("id"))}
@@ -138,7 +144,8 @@ def check_annotations(ann: Path, images: str | None = None, decode: bool = True)
         if not isinstance(name, str) or not name:
             problems.append(f"image {image_id}: 'file_name' missing or empty")
             continue
-        path = root / name
+        path, rule = locate_image(ann, images, name)
+        report.found_by[rule] += 1
         if not path.is_file():
             problems.append(f"{label}: file not found at {path}; pass --images DIR or fix file_name")
             continue
@@ -269,7 +276,6 @@ def split_annotations(
     """
     ann, out_dir = Path(ann), Path(out_dir)
     data = load_coco(ann)
-    root = image_root(ann, images)
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not _is_id(im.get("id")) or not isinstance(im.get("file_name"), str):
             raise FpsiamError(f"{ann}: images[{i}] needs an integer 'id' and a 'file_name'; run fpsiam data check")
@@ -307,7 +313,7 @@ def split_annotations(
     for name, image_ids in splits.items():
         out = out_dir / f"{name}.json"
         written[name] = out
-        save_coco(out, _subset(data, image_ids, root, out, name))
+        save_coco(out, _subset(data, image_ids, ann, images, out, name))
     return written
 
 
@@ -354,7 +360,6 @@ def label_subsets(
     order = sorted(groups)
     random.Random(seed).shuffle(order)
     total = len(data["images"])
-    root = image_root(ann, images)
     written: dict[float, Path] = {}
     for f in sorted(set(fractions)):
         want = round(f * total)
@@ -369,7 +374,7 @@ def label_subsets(
                 break
             chosen.update(groups[name])
         out = out_dir / f"{labels_name(f)}.json"
-        save_coco(out, _subset(data, chosen, root, out, labels_name(f)))
+        save_coco(out, _subset(data, chosen, ann, images, out, labels_name(f)))
         written[f] = out
     return written
 
@@ -405,12 +410,14 @@ def _split_by_lists(data: dict, ann: Path, lists: list[str]) -> dict[str, set[in
     return splits
 
 
-def _subset(data: dict, image_ids: set[int], root: Path, out: Path, name: str) -> dict[str, Any]:
-    """The images in ``image_ids`` and their annotations, file names relative to ``out``."""
+def _subset(data: dict, image_ids: set[int], ann: Path, images_dir: str | None, out: Path, name: str) -> dict[str, Any]:
+    """The images in ``image_ids`` and their annotations, file names relative to ``out`` (each image found by
+    :func:`fpsiam.data.cocojson.locate_image`)."""
     images = []
     for im in data["images"]:
         if im["id"] in image_ids:
-            images.append({**im, "file_name": relative_file_name(root / im["file_name"], out)})
+            path, _ = locate_image(ann, images_dir, im["file_name"])
+            images.append({**im, "file_name": relative_file_name(path, out)})
     annotations = [
         a
         for a in data["annotations"]

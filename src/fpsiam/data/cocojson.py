@@ -63,6 +63,25 @@ def image_root(ann_path: str | os.PathLike, images: str | os.PathLike | None) ->
     return Path(images) if images is not None else Path(ann_path).resolve().parent
 
 
+def locate_image(ann_path: str | os.PathLike, images: str | os.PathLike | None, file_name: str) -> tuple[Path, str]:
+    """Where an image of the json is, and by which rule: ``(path, rule)``.
+
+    Without ``--images DIR``: the json's folder / file_name ("json"). With it: DIR / file_name ("images") when that
+    exists, else the json's folder / file_name ("json": the json's names were relative to itself), else
+    DIR / the file's bare name ("name": DIR is the dataset's own flat images folder). When nothing exists, the path
+    of the first rule is returned (for the error message).
+    """
+    json_dir = Path(ann_path).resolve().parent
+    if images is None:
+        return json_dir / file_name, "json"
+    candidates = [(Path(images) / file_name, "images"), (json_dir / file_name, "json"),
+                  (Path(images) / Path(file_name).name, "name")]  # fmt: skip
+    for path, rule in candidates:
+        if path.is_file():
+            return path, rule
+    return candidates[0]
+
+
 def relative_file_name(image_path: str | os.PathLike, out_json: str | os.PathLike) -> str:
     """``file_name`` for an image as written by converters: relative to the output json's folder."""
     rel = os.path.relpath(Path(image_path).resolve(), Path(out_json).resolve().parent)
