@@ -165,3 +165,16 @@ def test_architecture_choices_are_the_backbone_table():
 
     for cls, key in ((PretrainModel, "backbone"), (DetectModel, "arch")):
         assert typing.get_args(typing.get_type_hints(cls)[key]) == tuple(BACKBONES), (cls, key)
+
+
+@pytest.mark.parametrize(
+    ("item", "expect"),
+    [("train.epoch=2", "--set 'train.epoch=2': unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+     ("optim.lr=-1", "--set 'optim.lr=-1': key 'optim.lr': must be > 0"),
+     ("train=3", "--set 'train=3': 'train' is a section"),
+     ("train.epochs.x=3", "--set 'train.epochs.x=3': 'train.epochs' is a value, not a section")],
+)  # fmt: skip
+def test_set_errors_name_set_and_the_key_not_the_file(tmp_path, item, expect):
+    with pytest.raises(FpsiamError) as e:
+        load_config(PretrainConfig, write(tmp_path, "train:\n  epochs: 3\n"), [item])
+    assert str(e.value).startswith(expect) and "c.yaml" not in str(e.value)

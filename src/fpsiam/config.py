@@ -333,8 +333,33 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: list[st
             raise FpsiamError(f"{path}: a config is a mapping of sections (data:, model:, ...)")
     for item in overrides or []:
         key, value = parse_override(item)
+        check_override(cls, key, value, f"--set {_short(item, 80)}")  # a typo names --set and the key, not the file
         set_dotted(raw, key, value, cls, "--set")
     return from_dict(cls, raw, where)
+
+
+def check_override(cls: type, key: str, value: Any, where: str) -> None:
+    """Check one ``--set key=value`` against the schema of ``cls``: the key exists, the value has its type and
+    range. Errors name ``where`` (the ``--set`` item) and the key."""
+    node: Any = cls
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            raise FpsiamError(f"{where}: '{'.'.join(parts[:depth])}' is a value, not a section")
+        names = [f.name for f in dataclasses.fields(node)]
+        dotted = ".".join(parts[: depth + 1])
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            prefix = ".".join(parts[:depth]) + "." if depth else ""
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known keys: {', '.join(names)}"
+            raise FpsiamError(f"{where}: unknown key '{dotted}'{hint}")
+        node = typing.get_type_hints(node)[part]
+    if dataclasses.is_dataclass(node):
+        if not isinstance(value, dict):
+            raise FpsiamError(f"{where}: '{key}' is a section; set one of its keys, e.g. --set {key}.KEY=VALUE")
+        from_dict(node, value, where, key + ".")
+    else:
+        _check_range(parts[-1], _coerce(node, value, where, key), where, key)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
