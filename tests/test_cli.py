@@ -13,13 +13,30 @@ def subcommands(parser):
         yield from action.choices.items()
 
 
-def test_every_command_has_help(capsys):
-    parser = build_parser()
-    for name, sub in subcommands(parser):
-        assert sub.format_help().strip(), name
-        if sub._subparsers is not None:
-            for inner, p in subcommands(sub):
-                assert p.description or p.format_help(), inner
+def leaves(parser, path=()):
+    """Every runnable (sub)command: (its words, its parser)."""
+    found = False
+    for name, sub in subcommands(parser) if parser._subparsers is not None else ():
+        found = True
+        yield from leaves(sub, (*path, name))
+    if not found:
+        yield path, parser
+
+
+def test_every_command_explains_itself_with_an_example_and_defaults():
+    names = []
+    for path, p in leaves(build_parser()):
+        names.append(" ".join(path))
+        assert p.description or p.format_usage(), path
+        assert p.epilog and "fpsiam " in p.epilog, f"{path}: no example in --help"
+        text = p.format_help()
+        assert "example" in text and text.count("\n") > 5, path
+        for action in p._actions:
+            if action.option_strings and action.help is None and action.dest != "help":
+                raise AssertionError(f"{' '.join(path)} {action.option_strings[0]}: an option without help")
+    assert {"data convert", "pretrain", "detect train", "predict", "export", "probe", "config show"} <= set(names)
+    help_text = dict(leaves(build_parser()))[("data", "convert")].format_help()
+    assert "(default: 64)" in help_text or "(default 64)" in help_text  # defaults are shown
 
 
 def test_python_m_fpsiam_is_the_same_command():

@@ -297,6 +297,54 @@ def cmd_config(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's example lines as written and shows each option's default (unless its help says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f"{text} (default: {shown})"
+
+
+# One example per command, shown at the end of its --help (runs as written after the README's walk-through).
+EXAMPLES = {
+    "data convert": "fpsiam data convert --format kvasir /data/kvasir-seg -o data/kvasir/all.json",
+    "data check": "fpsiam data check data/kvasir/all.json --images /data/kvasir-seg/images",
+    "data split": "fpsiam data split data/synth/annotations.json --by video -o data/synth/split\n"
+                  "  fpsiam data split data/synth/split/train.json --labels 0.1 0.25 1 -o data/synth/labels",
+    "data stats": "fpsiam data stats data/synth/videos --stride 4",
+    "data synth": "fpsiam data synth data/synth --videos 6 --frames 12",
+    "pretrain": "fpsiam pretrain fpsiam_r18_cpu --data data/synth/frames -o runs/fpsiam_synth --set train.epochs=2\n"
+                "  torchrun --nproc_per_node=4 -m fpsiam pretrain fpsiam_r50_4xb64-coslr-200e_ldpolypvideo \\\n"
+                "      --data /data/LDPolypVideo/PreTrain",
+    "extract": "fpsiam extract runs/fpsiam_synth -o runs/fpsiam_synth/r18_d2.pkl --to detectron2",
+    "detect train": "fpsiam detect train retinanet_r18_fpn_cpu --train data/synth/split/train.json "
+                    "--val data/synth/split/val.json --backbone runs/fpsiam_synth/backbone.safetensors -o runs/retina",
+    "detect eval": "fpsiam detect eval runs/retina/last.safetensors --ann data/synth/split/test.json -o test.json",
+    "gradcam": "fpsiam gradcam runs/retina/last.safetensors data/synth/split/test.json -o runs/cam --max-images 4",
+    "experiment": "fpsiam experiment kvasir_lowlabel_cpu -o runs/lowlabel --set seeds=[0]",
+    "report": "fpsiam report runs/lowlabel/results.json",
+    "demo": "fpsiam demo -o demo_out",
+    "detect": "fpsiam detect train --help; fpsiam detect eval --help",
+    "data": "fpsiam data synth data/synth; fpsiam data check data/synth/annotations.json",
+    "config list": "fpsiam config list",
+}  # fmt: skip
+
+
+def _finish(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every (sub)command the shared help formatter and, where it has none, its example epilog."""
+    parser.formatter_class = HelpFormatter
+    if path and parser.epilog is None and path in EXAMPLES:
+        parser.epilog = "example:\n  " + EXAMPLES[path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _finish(sub, f"{path} {name}".strip())
+
+
 def add_run_flags(p: argparse.ArgumentParser, default_dir: str, resume: bool = True) -> None:
     """-o RUN_DIR, --set KEY=VALUE (repeatable) and, for training commands, --resume."""
     p.add_argument("-o", "--output", help=f"run folder (default: {default_dir})")
@@ -325,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a public polyp dataset to COCO json (category 'polyp'), keeping video ids, "
         "frame indices and track ids where the source has them.",
     )
-    p.add_argument("--format", required=True, choices=list(FORMATS))
+    p.add_argument("--format", required=True, choices=list(FORMATS), help="the source's format (docs/data.md)")
     p.add_argument("src", help="dataset root, annotation folder or file (see README: Data formats)")
     p.add_argument("-o", "--output", required=True, help="output COCO json")
     p.add_argument("--images", help="images folder, when it is not where the format expects it")
@@ -380,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="video: group by video_id (default); image: per image; list: by id lists (--list)",
     )
     p.add_argument("-o", "--output", required=True, help="output folder for train.json/val.json/test.json")
-    p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
+                   help="shares of the images (whole groups) for train, val and test")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draw")
     p.add_argument(
         "--list",
         action="append",
@@ -400,16 +449,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="images root when SRC is a COCO json")
     p.add_argument("--stride", type=int, default=1, help="use every n-th frame")
     p.add_argument("--max-frames", type=int, default=None, help="sample at most this many frames (random)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draw")
     p.set_defaults(func=cmd_data_stats)
 
     p = dsub.add_parser("synth", help="write deterministic synthetic colonoscopy frames + COCO json + mp4")
     p.add_argument("output", metavar="OUT_DIR")
-    p.add_argument("--videos", type=int, default=4)
+    p.add_argument("--videos", type=int, default=4, help="number of videos")
     p.add_argument("--frames", type=int, default=12, help="frames per video")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--height", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draw")
+    p.add_argument("--width", type=int, default=256, help="frame width in pixels")
+    p.add_argument("--height", type=int, default=224, help="frame height in pixels")
     p.add_argument("--no-mp4", action="store_true", help="skip writing the mp4 videos")
     p.set_defaults(func=cmd_data_synth)
 
@@ -465,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument("-o", "--output", required=True, help="output file")
-    p.add_argument("--to", choices=["torchvision", "mmdet", "detectron2"], default="torchvision")
+    p.add_argument("--to", choices=["torchvision", "mmdet", "detectron2"], default="torchvision",
+                   help="the key layout (and file type) of the output")  # fmt: skip
     p.add_argument(
         "--from",
         dest="source",
@@ -502,9 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ann", required=True, help="COCO json to evaluate on")
     p.add_argument("--images", help="images root (default: the json's folder)")
     p.add_argument("-o", "--output", help="metrics json (default: MODEL.metrics.json)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threshold", type=float, default=0.5, help="fixed score threshold for clinical metrics")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--score-threshold", "--threshold", dest="threshold", type=float, default=0.5,
+                   help="fixed score threshold for the clinical metrics")  # fmt: skip
     p.set_defaults(func=cmd_detect_eval)
 
     p = sub.add_parser(
@@ -535,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "torchscript"], default="auto",
                    help="auto: by the model file's type")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="frames per forward pass")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
     p.add_argument("--images", help="images root of a COCO json SOURCE (default: the json's folder)")
@@ -551,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fpsiam export runs/retina/last.safetensors --format onnx -o runs/retina/model.onnx",
     )
     p.add_argument("model", help="detector file written by `fpsiam detect train`")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="the export's format")
     p.add_argument("-o", "--output", help="output file (default: beside the model)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="ONNX: a fixed input size (default: any)")
@@ -573,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=ARCHS, default="resnet50",
                    help="backbone architecture (backbone MODELs only)")  # fmt: skip
     p.add_argument("--max-images", type=int, default=16, help="at most this many frames (0: all)")
-    p.add_argument("--mode", choices=["auto", "gradcam", "eigencam"], default="auto")
+    p.add_argument("--mode", choices=["auto", "gradcam", "eigencam"], default="auto",
+                   help="auto: Grad-CAM for Faster R-CNN detections, EigenCAM for RetinaNet and backbones")  # fmt: skip
     p.add_argument("--score-threshold", type=float, default=0.3, help="detections explained (detector MODELs)")
     p.add_argument("--size", type=int, default=None, help="resize frames to fit SIZE (480: the detection input)")
     p.set_defaults(func=cmd_gradcam)
@@ -632,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the config's kind (default: read from its keys)")  # fmt: skip
     q.set_defaults(func=cmd_config)
 
+    _finish(parser)
     return parser
 
 
