@@ -291,3 +291,34 @@ def test_save_backbone_rejects_unknown_layout(tmp_path, r18_sd):
     with pytest.raises(FpsiamError, match="unknown output layout"):
         save_backbone(r18_sd, tmp_path / "x", to="onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_backbones_carry_a_model_card_and_extract_prints_detectron2_lines(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from fpsiam.cli import main
+    from fpsiam.config import PretrainConfig, load_config
+    from fpsiam.ssl.pretrain import pretrain
+    from fpsiam.weights import model_card
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        Image.fromarray((np.random.default_rng(i).random((40, 48, 3)) * 255).astype(np.uint8)).save(frames / f"{i}.jpg")
+    cfg = load_config(PretrainConfig, None, [
+        f"data.source={frames}", "model.backbone=resnet18", "model.init=random", "model.proj_dim=16",
+        "model.pred_dim=8", "model.pyramid_channels=8", "data.size=32", "data.workers=0", "train.batch_size=2",
+        "train.epochs=1", "train.max_steps_per_epoch=1", "train.progress=false", "train.amp=none",
+        "data.mean=[0.5, 0.4, 0.3]",
+    ])  # fmt: skip
+    result = pretrain(cfg, tmp_path / "run")
+    card = model_card(result.backbone)
+    assert card["method"] == "fpsiam" and card["arch"] == "resnet18" and card["mean"] == [0.5, 0.4, 0.3]
+    assert card["view_size"] == 32 and card["epochs"] == 1 and card["frames"] == 4 and card["fpsiam"]
+    assert main(["extract", str(tmp_path / "run"), "-o", str(tmp_path / "r18.pkl"), "--to", "detectron2"]) == 0
+    out = capsys.readouterr().out
+    assert "MODEL.RESNETS.STRIDE_IN_1X1: False" in out and "INPUT.FORMAT: RGB" in out
+    assert "MODEL.PIXEL_MEAN: [127.5, 102.0, 76.5]" in out
+    assert main(["extract", str(tmp_path / "run"), "-o", str(tmp_path / "r18.safetensors")]) == 0
+    assert model_card(tmp_path / "r18.safetensors")["mean"] == [0.5, 0.4, 0.3]

@@ -146,8 +146,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from fpsiam.weights import extract
 
-    for path in extract(Path(args.checkpoint), Path(args.output), to=args.to, source=args.source, pth=args.pth):
+    written = extract(Path(args.checkpoint), Path(args.output), to=args.to, source=args.source, pth=args.pth)
+    for path in written:
         print(path)
+    if args.to == "detectron2":
+        from fpsiam.weights import checkpoint_card, detectron2_lines
+
+        card = checkpoint_card(Path(args.checkpoint), "") if args.source == "fpsiam" else {}
+        print("detectron2 needs these config lines for torchvision-layout weights (else the features are wrong):")
+        print("\n".join(f"  {line}" for line in [f"MODEL.WEIGHTS: {written[0]}", *detectron2_lines(card)]))
     return 0
 
 

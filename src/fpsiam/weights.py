@@ -341,7 +341,43 @@ def _output_base(out: Path) -> Path:
     return out.with_suffix("") if out.suffix.lower() in OUTPUT_SUFFIXES else out
 
 
-def save_backbone(sd: dict[str, Tensor], out: str | Path, to: str = "torchvision", pth: bool = False) -> list[Path]:
+CARD_KEY = "fpsiam_card"  # safetensors metadata: the model card (what the weights were trained on and how)
+
+
+def model_card(path: str | Path) -> dict[str, Any]:
+    """The model card in a safetensors file's metadata ({} when it has none)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(CARD_KEY)
+        return json.loads(raw) if raw else {}
+    except Exception:  # noqa: BLE001 - a card is informative only
+        return {}
+
+
+def detectron2_lines(card: dict[str, Any]) -> list[str]:
+    """The config lines detectron2 needs for torchvision-layout ResNet weights; without them the weights load but
+    the features are silently wrong (detectron2's own ResNets stride in the 1x1 conv, read BGR and use ImageNet
+    statistics on 0-255 BGR)."""
+    from fpsiam.config import LDPOLYPVIDEO_MEAN, LDPOLYPVIDEO_STD
+
+    mean = [round(255 * v, 3) for v in card.get("mean", LDPOLYPVIDEO_MEAN)]
+    std = [round(255 * v, 3) for v in card.get("std", LDPOLYPVIDEO_STD)]
+    return [
+        "MODEL.RESNETS.STRIDE_IN_1X1: False   # torchvision ResNets stride in the 3x3 conv",
+        "INPUT.FORMAT: RGB",
+        f"MODEL.PIXEL_MEAN: {mean}   # the normalisation the backbone was trained with, on 0-255 RGB",
+        f"MODEL.PIXEL_STD: {std}",
+    ]
+
+
+def save_backbone(
+    sd: dict[str, Tensor], out: str | Path, to: str = "torchvision", pth: bool = False,
+    card: dict[str, Any] | None = None,
+) -> list[Path]:  # fmt: skip
     """Write torchvision-keyed backbone weights; returns the written paths. Atomic writes.
 
     ``out``'s suffix (if one of .safetensors/.pth/.pt/.pkl) is replaced by the format's own:
@@ -366,7 +402,12 @@ def save_backbone(sd: dict[str, Tensor], out: str | Path, to: str = "torchvision
     if to == "torchvision":
         target = base.with_name(base.name + ".safetensors")
         with atomic_path(target) as tmp:
-            safetensors.torch.save_file(sd, str(tmp), metadata={"format": "pt", "layout": "torchvision-resnet"})
+            meta = {"format": "pt", "layout": "torchvision-resnet"}
+            if card:
+                import json
+
+                meta[CARD_KEY] = json.dumps(card)
+            safetensors.torch.save_file(sd, str(tmp), metadata=meta)
         written.append(target)
         if pth:
             target = base.with_name(base.name + ".pth")
@@ -396,4 +437,24 @@ def extract(
     sd, arch = extract_backbone(ckpt, source)
     reference = getattr(torchvision.models, arch)(weights=None)
     load_state_dict_checked(reference, sd, f"{ckpt} (backbone, checked against torchvision {arch})")
-    return save_backbone(sd, out, to=to, pth=pth)
+    return save_backbone(sd, out, to=to, pth=pth, card=checkpoint_card(ckpt, arch) if source == "fpsiam" else None)
+
+
+def checkpoint_card(ckpt: str | Path, arch: str) -> dict[str, Any]:
+    """The model card of a pretraining checkpoint (or run folder): method, data, normalisation, size, epochs."""
+    path = Path(ckpt)
+    obj = _torch_load(_latest_in_run(path) if path.is_dir() else path)
+    cfg = obj.get("config") or {}
+    return pretrain_card(cfg, arch, obj.get("epoch"), obj.get("global_step"))
+
+
+def pretrain_card(cfg: dict[str, Any], arch: str, epochs: Any, steps: Any, **extra: Any) -> dict[str, Any]:
+    """What a pretrained backbone was trained on and how (stored in its safetensors metadata)."""
+    from fpsiam import __version__
+
+    data, model = cfg.get("data", {}), cfg.get("model", {})
+    return {
+        "kind": "backbone", "arch": arch, "method": model.get("method"), "init": model.get("init"),
+        "trained_on": data.get("source"), "view_size": data.get("size"), "mean": data.get("mean"),
+        "std": data.get("std"), "epochs": epochs, "steps": steps, "fpsiam": __version__, **extra,
+    }  # fmt: skip

@@ -96,6 +96,10 @@ def test_min_iters_stretches_epochs_of_a_small_set(synth, tmp_path):
     assert steps == [5, 10]  # 6 train images / batch 2 = 3 steps an epoch, stretched to 5
     assert results["grad_norm"]["steps"] == 10 and results["grad_norm"]["max"] >= results["grad_norm"]["median"]
     assert "precise BN" in results["init"] and results["train_images"] == 6
+    from fpsiam.detect.models import read_detector_meta
+
+    card = read_detector_meta(run / "last.safetensors")["card"]  # the model card travels with the weights
+    assert card["trained_on"] == str(synth["train"]) and card["train_images"] == 6 and "mAP" in card["val_metrics"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("grad_norm" in r for r in rows if "kind" not in r)
 

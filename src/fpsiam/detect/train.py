@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from fpsiam import __version__
 from fpsiam.config import DetectConfig
 from fpsiam.data.coco import CocoDetection, collate_fn, detection_transforms
 from fpsiam.detect.engine import predict, step_lr, to_device
@@ -224,7 +225,12 @@ def train_detector(
         evaluated = [h for h in task.history if "mAP" in h]
         best_path = last_path = None
         if env.is_main:
-            last_path = save_detector(core, run_dir / R.LAST_MODEL, {**model_meta(cfg), "epoch": cfg.train.epochs})
+            last = evaluated[-1] if evaluated else {}
+            card = {"trained_on": cfg.data.train, "train_images": len(task.train_set), "validated_on": cfg.data.val,
+                    "val_metrics": {k: last[k] for k in ("mAP", "AP50", "AP75") if k in last},
+                    "init": task.init_message, "fpsiam": __version__}  # fmt: skip
+            last_path = save_detector(core, run_dir / R.LAST_MODEL,
+                                      {**model_meta(cfg), "epoch": cfg.train.epochs, "card": card})  # fmt: skip
             best_path = run_dir / R.BEST_MODEL
             write_json(run_dir / R.RESULTS, {
                 "model": model_meta(cfg), "init": task.init_message, "best": best_of(evaluated),

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from fpsiam.config import PretrainConfig
+from fpsiam.config import PretrainConfig, to_dict
 from fpsiam.data.frames import open_frames
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import write_json
@@ -32,7 +32,7 @@ from fpsiam.train.checkpoint import latest_checkpoint, list_checkpoints
 from fpsiam.train.lars import LARS
 from fpsiam.train.loop import Engine, LoopSettings, Task
 from fpsiam.weights import PRETRAIN_FORMAT as CHECKPOINT_FORMAT
-from fpsiam.weights import init_backbone, save_backbone
+from fpsiam.weights import init_backbone, pretrain_card, save_backbone
 
 # ---------------------------------------------------------------------------------------- optimiser
 
@@ -213,7 +213,9 @@ def pretrain(
         final_ckpt = latest_checkpoint(run_dir) if env.is_main else None
         backbone_path = None
         if env.is_main:
-            backbone_path = save_backbone(core.backbone.state_dict(), run_dir / R.BACKBONE)[0]
+            card = pretrain_card(to_dict(cfg), cfg.model.backbone, cfg.train.epochs, engine.global_step,
+                                 frames=len(engine.dataset), probe=task.probed or None)  # fmt: skip
+            backbone_path = save_backbone(core.backbone.state_dict(), run_dir / R.BACKBONE, card=card)[0]
             write_json(run_dir / R.SUMMARY, {
                 "method": cfg.model.method, "arch": cfg.model.backbone, "epochs": cfg.train.epochs,
                 "global_step": engine.global_step, "final": engine.last, "probe": task.probed or None,
