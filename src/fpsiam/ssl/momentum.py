@@ -27,8 +27,11 @@ def frozen_copy(online: nn.Module) -> nn.Module:
 def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
     """``target = m * target + (1 - m) * online``, parameter by parameter (buffers such as BatchNorm statistics
     are the target's own: it runs its own forward passes)."""
-    for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        t.mul_(m).add_(o.detach(), alpha=1.0 - m)
+    targets, onlines = list(target.parameters()), [o.detach() for o in online.parameters()]
+    if len(targets) != len(onlines):
+        raise ValueError("ema_update: the target and the online network differ")
+    torch._foreach_mul_(targets, m)  # one fused op per list, as lightly's update_momentum
+    torch._foreach_add_(targets, onlines, alpha=1.0 - m)
 
 
 def cosine_momentum(base: float, end: float, progress: float) -> float:

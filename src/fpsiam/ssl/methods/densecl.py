@@ -32,11 +32,12 @@ class DenseEncoder(nn.Module):
         dim = RESNET_CHANNELS[arch][-1]
         self.global_head = DenseHead(dim, hidden_dim, head_dim)
         self.dense_head = DenseHead(dim, hidden_dim, head_dim)
-        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.grid = grid
+        self.pool = nn.AdaptiveAvgPool2d(grid)  # only for maps larger than the grid (224 px: C5 is 7 x 7 already)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c5 = resnet_stages(self.backbone, x)[-1]
-        feat = self.pool(c5).flatten(2)  # [N, D, S]
+        feat = (self.pool(c5) if c5.shape[-1] > self.grid else c5).flatten(2)  # [N, D, S]: at most grid x grid
         n, d, s = feat.shape
         dense = self.dense_head(feat.transpose(1, 2).reshape(n * s, d)).reshape(n, s, -1).transpose(1, 2)
         return self.global_head(c5.mean(dim=(2, 3))), dense, feat
@@ -79,8 +80,8 @@ class DenseCL(nn.Module):
             flat = shuffled_forward(self.key, x2) if self.shuffle_bn else self.key(x2)
             c = self.head_dim
             k, k_dense, k_feat = flat[:, :c, 0], flat[:, c : 2 * c], flat[:, 2 * c :]
-        loss_global = info_nce(q, k, self.queue.items.clone(), self.t)
-        loss_dense = dense_contrastive(q_dense, k_dense, q_feat, k_feat, self.dense_queue.items.clone(), self.t)
+        loss_global = info_nce(q, k, self.queue.items, self.t)  # the loss normalises a copy: pushing after is safe
+        loss_dense = dense_contrastive(q_dense, k_dense, q_feat, k_feat, self.dense_queue.items, self.t)
         self.queue.push(gather(k))
         self.dense_queue.push(gather(F.normalize(k_dense, dim=1).mean(dim=2)))
         loss = (1 - self.w) * loss_global + self.w * loss_dense
