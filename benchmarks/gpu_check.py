@@ -7,6 +7,8 @@ Prints a markdown table. Nothing is installed or downloaded; random weights, ran
   channels_last: samples/s and the FPSiam/SimSiam time ratio (target <= 1.10).
 - Faster R-CNN and RetinaNet R50-FPN at 480x480: training images/s (batch 8, bf16 autocast) and inference
   FPS (batch 1 and batch 8, fp16 weights/inputs; target >= 60 FPS for R50-FPN in fp16).
+- The deployment paths at 480 px, batch 1: PyTorch eager in fp16 and bf16, the TorchScript export (fp32 and
+  fp16), and ONNX Runtime's CUDA provider on the ONNX export (skipped with a note when onnxruntime-gpu is missing).
 """
 
 from __future__ import annotations
@@ -93,6 +95,60 @@ def detector_rows(steps: int) -> list[str]:
     return rows
 
 
+def deploy_rows(steps: int) -> list[str]:
+    """Inference FPS at 480 px, batch 1, of each deployment path (eager fp16/bf16, TorchScript, ONNX Runtime)."""
+    import tempfile
+    from pathlib import Path
+
+    from fpsiam.detect.export import export_model
+    from fpsiam.detect.models import save_detector
+
+    dev = torch.device("cuda")
+    rows = []
+    work = Path(tempfile.mkdtemp())
+    frame = torch.rand(3, 480, 560, device=dev)
+    for kind in ("faster_rcnn", "retinanet"):
+        model = build_detector(kind, "resnet50", min_size=480, max_size=480)
+        path = save_detector(model, work / f"{kind}.safetensors")
+        eager = model.to(dev).eval()
+        for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+
+            def run(dtype=dtype, eager=eager):
+                with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+                    eager([frame])
+
+            rows.append(f"| {kind} eager {name} autocast @480, batch 1 | {1 / timed(run, steps * 2):.1f} FPS | |")
+        scripted = torch.jit.load(str(export_model(path, "torchscript", work / f"{kind}.pt")), map_location=dev)
+        for name, x in (("fp32", frame), ("fp16", frame.half())):
+            m = scripted.half() if name == "fp16" else scripted
+
+            def run_ts(m=m, x=x):
+                with torch.inference_mode():
+                    m([x])
+
+            try:
+                rows.append(f"| {kind} TorchScript {name} @480, batch 1 | {1 / timed(run_ts, steps * 2):.1f} FPS | |")
+            except RuntimeError as e:
+                rows.append(f"| {kind} TorchScript {name} @480 | failed: {str(e).splitlines()[0][:80]} | |")
+        try:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ImportError("onnxruntime without CUDA")
+            onnx = export_model(path, "onnx", work / f"{kind}.onnx")
+            sess = ort.InferenceSession(str(onnx), providers=["CUDAExecutionProvider"])
+            x = frame.cpu().numpy()[None]
+            name = sess.get_inputs()[0].name
+            t0 = time.perf_counter()
+            for _ in range(steps * 2):
+                sess.run(None, {name: x})
+            rows.append(f"| {kind} ONNX Runtime CUDA fp32 @480, batch 1 | "
+                        f"{steps * 2 / (time.perf_counter() - t0):.1f} FPS | |")  # fmt: skip
+        except ImportError as e:
+            rows.append(f"| {kind} ONNX Runtime CUDA | skipped ({e}; pip install onnxruntime-gpu) | |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -104,7 +160,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     print("| check | throughput | time |")
     print("|---|---|---|")
-    for row in ssl_rows(args.steps, args.batch) + detector_rows(args.steps):
+    for row in ssl_rows(args.steps, args.batch) + detector_rows(args.steps) + deploy_rows(args.steps):
         print(row, flush=True)
 
 
