@@ -2,7 +2,7 @@
 # The small-data pretraining search (issue: a recipe that moves the probe on ~1,000 frames within 2 h of a
 # 2-core CPU). Each named setting is one `fpsiam pretrain` of FPSiam R18 on the train frames with the probe
 # running every 5 epochs on a carve of the same train json (never the test split); the probe curves are in
-# OUT/<name>/metrics.jsonl and `python benchmarks/probe_curves.py OUT` prints them as a table.
+# OUT/<name>/metrics.jsonl (`grep '"kind": "probe"' OUT/<name>/metrics.jsonl` lists them).
 # Resumable: rerun the same command; finished settings are skipped.
 # Usage: FPSIAM_KVASIR=/path/to/kvasir-seg bash benchmarks/smalldata_search.sh [OUT [NAME ...]]
 #        TRAIN=mine/train.json bash benchmarks/smalldata_search.sh runs/search_mine

@@ -234,3 +234,60 @@ def test_report_embeds_only_its_own_images_and_table_md_is_escaped(tmp_path, cap
     table = (out / "table.md").read_text()
     assert "<script>" not in table and "<b>" not in table and "&lt;b&gt;x&lt;/b&gt;\\|y" in table
     assert table.splitlines()[0].count("-->") == 1  # the title cannot end the comment early
+
+
+def test_file_names_outside_the_images_root_are_refused_unless_allowed(synth, tmp_path, capsys, monkeypatch):
+    """An absolute or '..' file_name cannot make any command read files elsewhere; --allow-outside-root (any
+    position) or FPSIAM_ALLOW_OUTSIDE_ROOT=1 lets a trusted json through."""
+    from fpsiam.data.cocojson import escapes_root
+    from fpsiam.detect.predict import _coco_source
+    from fpsiam.errors import FpsiamError
+
+    data = json.loads(synth["train"].read_text())
+    first = data["images"][0]["file_name"]
+    hostile = tmp_path / "jsons"
+    hostile.mkdir()
+    cases = {
+        "absolute": str((synth["train"].parent / first).resolve()),
+        "climbing": f"{Path(first).parts[0]}/../{first}",  # the same file, but by climbing
+    }
+    info = {"images_root": os.path.relpath(synth["train"].parent, hostile)}  # the other names stay valid
+    for kind, name in cases.items():
+        ann = hostile / f"{kind}.json"
+        images = [{**data["images"][0], "file_name": name}] + data["images"][1:]
+        ann.write_text(json.dumps({**data, "images": images, "info": info}))
+        for argv in (
+            ["data", "check", str(ann)],
+            ["data", "split", str(ann), "--by", "image", "-o", str(tmp_path / "split")],
+            ["data", "convert", "--format", "coco", str(ann), "-o", str(tmp_path / "c.json")],
+            ["detect", "train", "configs/retinanet_r18_fpn_cpu.yaml", "--train", str(ann), "--val", str(ann),
+             "-o", str(tmp_path / "det")],
+            ["gradcam", "random", str(ann), "-o", str(tmp_path / "cam")],
+            ["probe", "random", "--ann", str(ann)],
+            ["pretrain", "configs/fpsiam_r18_cpu.yaml", "--data", str(ann), "-o", str(tmp_path / "pre")],
+        ):  # fmt: skip
+            one_line_error(capsys, argv, str(ann), "images[0].file_name", "--allow-outside-root")
+        with pytest.raises(FpsiamError, match=r"images\[0\]\.file_name"):
+            _coco_source(ann, None)
+        assert not any((tmp_path / d).exists() for d in ("split", "c.json", "det", "cam", "pre"))
+        # trusted: the flag after the subcommand, or the environment variable
+        assert main(["data", "check", str(ann), "--no-decode", "--allow-outside-root"]) == 0, capsys.readouterr()
+        assert os.environ.get("FPSIAM_ALLOW_OUTSIDE_ROOT") is None  # main() restored the environment
+        monkeypatch.setenv("FPSIAM_ALLOW_OUTSIDE_ROOT", "1")
+        assert len(_coco_source(ann, None).entries) == len(images)
+        monkeypatch.delenv("FPSIAM_ALLOW_OUTSIDE_ROOT")
+        # data split re-anchors a trusted json: its output is contained and resolves to the same files
+        argv = ["data", "split", str(ann), "--by", "image", "-o", str(tmp_path / "ok"), "--allow-outside-root"]
+        assert main(argv) == 0
+        for part in (tmp_path / "ok").glob("*.json"):
+            assert all(escapes_root(im["file_name"]) is None for im in json.loads(part.read_text())["images"])
+            assert main(["data", "check", str(part), "--no-decode"]) == 0
+        capsys.readouterr()
+        for part in (tmp_path / "ok").glob("*.json"):
+            part.unlink()
+    for name in ("C:\\Windows\\x.png", "\\\\server\\share\\x.png", "a/../../x.png", "a\\..\\x.png", "/etc/x.png"):
+        assert escapes_root(name), name
+    assert escapes_root("frames/v..1/0001.jpg") is None and escapes_root("..hidden.jpg") is None
+    bad_root = hostile / "root.json"
+    bad_root.write_text(json.dumps({**data, "info": {"images_root": 7}}))
+    one_line_error(capsys, ["data", "check", str(bad_root)], str(bad_root), "info.images_root")

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import sys
 from pathlib import Path
 
 from fpsiam import __version__
 from fpsiam.backbones import ARCHS
+from fpsiam.data.cocojson import ALLOW_OUTSIDE_ROOT_ENV
 from fpsiam.data.convert import FORMATS
 from fpsiam.errors import FpsiamError
 
@@ -363,12 +365,21 @@ def add_run_flags(p: argparse.ArgumentParser, default_dir: str, resume: bool = T
                        "differ from the run's (the run is then no longer an exact one)")  # fmt: skip
 
 
+ALLOW_OUTSIDE_ROOT = "--allow-outside-root"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fpsiam",
         description="FPSiam self-supervised pretraining and polyp-detection transfer.",
     )
     parser.add_argument("--version", action="version", version=f"fpsiam {__version__}")
+    parser.add_argument(
+        ALLOW_OUTSIDE_ROOT, action="store_true",
+        help="let a COCO json's file_name values be absolute or climb out of its images folder with '..' "
+        "(refused by default: a json handed to you must not make fpsiam read files elsewhere; accepted "
+        "anywhere on the command line; same as FPSIAM_ALLOW_OUTSIDE_ROOT=1)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="convert, check, split, measure and synthesise polyp data")
@@ -418,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the image with positive area, ids unique) and print a summary. Exit 1 on problems.",
     )
     p.add_argument("ann", help="COCO json")
-    p.add_argument("--images", help="images folder (default: the json's folder)")
+    p.add_argument("--images", help="images folder (default: the json's info.images_root, else its folder)")
     p.add_argument("--no-decode", action="store_true", help="read image headers only, no pixel decoding (faster)")
     p.set_defaults(func=cmd_data_check)
 
@@ -496,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="[NAME=]random | imagenet | weights file | pretraining run folder")  # fmt: skip
     p.add_argument("--ann", required=True, help="COCO json with boxes (the probe's train part, or all of it)")
     p.add_argument("--test", help="held-out COCO json (default: cross-validate ANN)")
-    p.add_argument("--images", help="images root for the jsons (default: each json's folder)")
+    p.add_argument("--images", help="images root for the jsons (default: each json's images root)")
     p.add_argument("--mode", choices=["crops", "frames"], default="crops",
                    help="crops: polyp vs mucosa crops (default); frames: frames with vs without boxes")  # fmt: skip
     p.add_argument("--bn", choices=["data", "own"], default="data",
@@ -557,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "video/track ids, and speed. Writes metrics json + COCO results json.")  # fmt: skip
     p.add_argument("model", help="model file written by `fpsiam detect train`")
     p.add_argument("--ann", required=True, help="COCO json to evaluate on")
-    p.add_argument("--images", help="images root (default: the json's folder)")
+    p.add_argument("--images", help="images root (default: the json's info.images_root, else its folder)")
     p.add_argument("-o", "--output", help="metrics json (default: MODEL.metrics.json)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -596,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="frames per forward pass")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
-    p.add_argument("--images", help="images root of a COCO json SOURCE (default: the json's folder)")
+    p.add_argument("--images", help="images root of a COCO json SOURCE (default: the json's images root)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -697,17 +708,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    before = os.environ.get(ALLOW_OUTSIDE_ROOT_ENV)
+    if ALLOW_OUTSIDE_ROOT in argv:  # a global switch, accepted after the subcommand too; workers inherit it
+        argv = [a for a in argv if a != ALLOW_OUTSIDE_ROOT]
+        os.environ[ALLOW_OUTSIDE_ROOT_ENV] = "1"
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except FpsiamError as e:
         return fail(str(e))
+    except BrokenPipeError:  # `fpsiam data check ... | head`: the reader left; stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 141
     except OSError as e:  # permission denied, disk full, read-only mount ... anywhere: one line naming the path
         return fail(os_error_line(e))
     except KeyboardInterrupt:
         clear_progress_bars()
         print("fpsiam: interrupted", file=sys.stderr)
         return 130
+    finally:  # main() called in-process (tests, notebooks) leaves the environment as it found it
+        if before is None:
+            os.environ.pop(ALLOW_OUTSIDE_ROOT_ENV, None)
+        else:
+            os.environ[ALLOW_OUTSIDE_ROOT_ENV] = before
 
 
 def clear_progress_bars() -> None:

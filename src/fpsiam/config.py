@@ -155,7 +155,7 @@ class ProbeConfig:
     """The frozen-backbone probe (``fpsiam probe``; during pretraining when ``ann`` is set), see fpsiam.ssl.probe."""
 
     ann: str = ""  # labeled COCO json (boxes); empty: no probe during pretraining
-    images: str | None = None  # images root for ann/test (default: each json's folder)
+    images: str | None = None  # images root for ann/test (default: each json's info.images_root, else its folder)
     test: str | None = None  # held-out COCO json; default: cross-validate ann in folds of whole videos
     holdout: float = 0.25  # without a test json: each fold holds out this fraction (0.25: 4 folds)
     mode: Literal["crops", "frames"] = "crops"  # polyp vs mucosa crops, or whole frames with vs without boxes
@@ -187,7 +187,7 @@ class DetectData:
 
     train: str = ""
     val: str = ""
-    images: str | None = None  # images root for both jsons (default: each json's folder)
+    images: str | None = None  # images root for both jsons (default: each json's info.images_root, else its folder)
     keep_negatives: bool = False  # the reference drops frames without boxes from training
     hflip: float = 0.5
     workers: int = 2
@@ -279,7 +279,7 @@ class ExperimentConfig:
     train: str = ""  # labeled training set (COCO json)
     test: str = ""  # labeled test set (COCO json): the table's numbers
     val: str | None = None  # per-epoch validation set; default: the test set (the report says so)
-    images: str | None = None  # images root for train/val/test (default: each json's folder)
+    images: str | None = None  # images root for train/val/test (default: each json's info.images_root, else its folder)
     methods: list[str] = dataclasses.field(default_factory=lambda: ["fpsiam", "simsiam"])  # fpsiam.ssl.methods.METHODS
     inits: list[Literal["random", "imagenet"]] = dataclasses.field(default_factory=lambda: ["random", "imagenet"])
     # "name=path/to/backbone.safetensors"; a "backbone.probe.jsonl" beside the file (probe rows, as a pretraining

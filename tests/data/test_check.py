@@ -153,7 +153,7 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 def test_images_dir_falls_back_to_json_relative_and_bare_names(tmp_path, capsys):
-    """`--images` pointing at the dataset's own folder, while the json's names are relative to the json."""
+    """`--images` pointing at the dataset's own folder, while the json's names are relative to its own root."""
     from PIL import Image
 
     from fpsiam.cli import main
@@ -164,8 +164,8 @@ def test_images_dir_falls_back_to_json_relative_and_bare_names(tmp_path, capsys)
     Image.new("RGB", (20, 10)).save(flat / "a.jpg")
     ann = tmp_path / "json" / "ann.json"
     ann.parent.mkdir()
-    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "../dataset/images/a.jpg", "width": 20, "height": 10}],
-                               "annotations": []}))  # fmt: skip
+    image = {"id": 1, "file_name": "images/a.jpg", "width": 20, "height": 10}
+    ann.write_text(json.dumps({"info": {"images_root": "../dataset"}, "annotations": [], "images": [image]}))
     report = check_annotations(ann, str(flat))
     assert report.ok and report.found_by == {"json": 1}
     ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "somewhere/else/a.jpg", "width": 20, "height": 10}],
@@ -176,4 +176,5 @@ def test_images_dir_falls_back_to_json_relative_and_bare_names(tmp_path, capsys)
     assert main(["data", "split", str(ann), "--images", str(flat), "--by", "image", "--fractions", "1", "0", "0",
                  "-o", str(out)]) == 0  # fmt: skip
     written = json.loads((out / "train.json").read_text())
-    assert (out / written["images"][0]["file_name"]).resolve() == (flat / "a.jpg").resolve()
+    found = out / written["info"]["images_root"] / written["images"][0]["file_name"]
+    assert found.resolve() == (flat / "a.jpg").resolve()

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from fpsiam.cli import main
+from fpsiam.data.cocojson import escapes_root, image_root
 from fpsiam.data.convert import (
     ConvertOptions,
     convert_dataset,
@@ -69,8 +70,11 @@ def assert_no_output(folder: Path) -> None:
 
 
 def assert_files_resolve(coco: dict, out: Path) -> None:
+    """Every file_name lies inside the json's images root (no '..', not absolute) and names an existing file."""
+    root = image_root(out, None, coco)
     for im in coco["images"]:
-        assert (out.parent / im["file_name"]).is_file(), im["file_name"]
+        assert escapes_root(im["file_name"]) is None, im["file_name"]
+        assert (root / im["file_name"]).is_file(), im["file_name"]
 
 
 # ---------------------------------------------------------------------------------------------- round trips
@@ -286,7 +290,8 @@ def test_coco_normalises_aliases_categories_and_paths(tmp_path):
     ims = {im["id"]: im for im in coco["images"]}
     assert (ims[10]["video_id"], ims[10]["frame_index"], ims[10]["extra_field"]) == ("case1_1", 1, "kept")
     assert (ims[11]["video_id"], ims[11]["frame_index"], ims[11]["width"]) == ("7", 2, 40)
-    assert (out.parent / ims[10]["file_name"]).resolve() == (src_dir / src["images"][0]["file_name"]).resolve()
+    root = image_root(out, None, coco)
+    assert (root / ims[10]["file_name"]).resolve() == (src_dir / src["images"][0]["file_name"]).resolve()
     anns = {a["id"]: a for a in coco["annotations"]}
     assert anns[5]["category_id"] == anns[6]["category_id"] == 1
     assert anns[5]["area"] == 120 and anns[5]["track_id"] == 4 and anns[5]["subclass"] == "adenoma"

@@ -9,6 +9,7 @@ import pytest
 
 from fpsiam.cli import main
 from fpsiam.data.check import split_annotations
+from fpsiam.data.cocojson import image_root
 from fpsiam.errors import FpsiamError
 
 
@@ -77,11 +78,13 @@ def test_file_names_stay_valid_relative_to_the_new_location(tmp_path):
     source = {im["id"]: (tmp_path / "src" / im["file_name"]).resolve() for im in load(ann)["images"]}
     for p in paths.values():
         for im in load(p)["images"]:
-            assert (p.parent / im["file_name"]).resolve() == source[im["id"]]
+            assert (image_root(p, None, load(p)) / im["file_name"]).resolve() == source[im["id"]]
     # with --images the names are resolved against that folder instead
     paths = split_annotations(ann, tmp_path / "o2", fractions=(0.5, 0.0, 0.5), images=str(tmp_path / "imgs"))
-    im = load(paths["train"])["images"][0]
-    assert (tmp_path / "o2" / im["file_name"]).resolve().is_relative_to((tmp_path / "imgs").resolve())
+    train = load(paths["train"])
+    im = train["images"][0]
+    found = image_root(paths["train"], None, train) / im["file_name"]
+    assert found.resolve().is_relative_to((tmp_path / "imgs").resolve())
 
 
 def test_images_without_video_need_by_image(tmp_path):

@@ -98,8 +98,7 @@ def test_cli_probe_bad_input(synth, tmp_path, capsys):
     no_boxes = tmp_path / "noboxes.json"
     data = load_coco(synth)
     data["annotations"] = []
-    for im in data["images"]:
-        im["file_name"] = str((synth.parent / im["file_name"]).resolve())
+    data["info"] = {"images_root": str(synth.parent.resolve())}  # the same images, read from their own folder
     save_coco(no_boxes, data)
     _bad(["probe", "random", "--ann", str(no_boxes)], capsys, str(no_boxes), "no boxes")
     r50 = save_backbone(build_resnet("resnet50").state_dict(), tmp_path / "r50.safetensors")[0]

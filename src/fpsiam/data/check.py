@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from fpsiam.data.cocojson import load_coco, locate_image, relative_file_name, save_coco
+from fpsiam.data.cocojson import anchor_file_names, image_root, load_coco, locate_image, save_coco
 from fpsiam.data.images import image_size, reason
 from fpsiam.errors import FpsiamError
 
@@ -55,6 +55,7 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     images_dir: str | None = None  # --images DIR
     found_by: Counter = field(default_factory=Counter)  # how each image file was found (locate_image's rules)
+    images_root: Path | None = None  # where file_name values are read from (image_root's rules)
 
     @property
     def ok(self) -> bool:
@@ -67,7 +68,7 @@ class CheckReport:
         if others > 0:
             sizes += f", and {others} other size(s)"
         lines = [
-            f"annotations: {self.ann}",
+            f"annotations: {self.ann}" + (f" (images root: {self.images_root})" if self.images_root else ""),
             f"images: {self.images} (negative frames: {self.negative_frames})",
             f"boxes: {self.boxes} (per image: mean {mean:.2f}, max {self.boxes_per_image_max})",
             f"videos: {self.videos} (images without video_id: {self.images_without_video})",
@@ -75,7 +76,7 @@ class CheckReport:
             "box sizes (COCO): " + ", ".join(f"{k} {self.box_sizes[k]}" for k in ("small", "medium", "large")),
         ]
         if self.images_dir is not None and (self.found_by["json"] or self.found_by["name"]):
-            rules = {"images": f"{self.images_dir}/<file_name>", "json": "<the json's folder>/<file_name>",
+            rules = {"images": f"{self.images_dir}/<file_name>", "json": "<the json's images root>/<file_name>",
                      "name": f"{self.images_dir}/<the file's name>"}  # fmt: skip
             used = ", ".join(f"{n} at {rules[r]}" for r, n in self.found_by.most_common() if n)
             lines.append(f"image files found: {used}")
@@ -112,7 +113,7 @@ def check_annotations(ann: Path, images: str | None = None, decode: bool = True)
     """
     ann = Path(ann)
     data = load_coco(ann)
-    report = CheckReport(ann=ann, images_dir=images)
+    report = CheckReport(ann=ann, images_dir=images, images_root=image_root(ann, images, data))
     problems = report.problems
 
     categories = {c.get("id") for c in data["categories"] if isinstance(c, dict) and _is_id(c.get("id"))}
@@ -144,7 +145,7 @@ def check_annotations(ann: Path, images: str | None = None, decode: bool = True)
         if not isinstance(name, str) or not name:
             problems.append(f"image {image_id}: 'file_name' missing or empty")
             continue
-        path, rule = locate_image(ann, images, name)
+        path, rule = locate_image(ann, images, name, data)
         report.found_by[rule] += 1
         if not path.is_file():
             problems.append(f"{label}: file not found at {path}; pass --images DIR or fix file_name")
@@ -411,13 +412,12 @@ def _split_by_lists(data: dict, ann: Path, lists: list[str]) -> dict[str, set[in
 
 
 def _subset(data: dict, image_ids: set[int], ann: Path, images_dir: str | None, out: Path, name: str) -> dict[str, Any]:
-    """The images in ``image_ids`` and their annotations, file names relative to ``out`` (each image found by
-    :func:`fpsiam.data.cocojson.locate_image`)."""
-    images = []
-    for im in data["images"]:
-        if im["id"] in image_ids:
-            path, _ = locate_image(ann, images_dir, im["file_name"])
-            images.append({**im, "file_name": relative_file_name(path, out)})
+    """The images in ``image_ids`` and their annotations; ``info.images_root`` and the file names re-anchored
+    for ``out`` (each image found by :func:`fpsiam.data.cocojson.locate_image`)."""
+    chosen = [im for im in data["images"] if im["id"] in image_ids]
+    paths = [locate_image(ann, images_dir, im["file_name"], data)[0] for im in chosen]
+    images_root, names = anchor_file_names(paths, out)
+    images = [{**im, "file_name": name} for im, name in zip(chosen, names, strict=True)]
     annotations = [
         a
         for a in data["annotations"]
@@ -425,4 +425,5 @@ def _subset(data: dict, image_ids: set[int], ann: Path, images_dir: str | None, 
     ]
     info = dict(data.get("info") or {}) if isinstance(data.get("info"), dict) else {}
     info["split"] = name
+    info["images_root"] = images_root
     return {"info": info, "images": images, "annotations": annotations, "categories": data["categories"]}

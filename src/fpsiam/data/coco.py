@@ -104,7 +104,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Args:
         ann: the COCO json.
-        images: folder the ``file_name`` entries are relative to (default: the json's folder).
+        images: folder the ``file_name`` entries are relative to (default: the json's images root).
         transforms: a ``transforms.v2`` callable ``(image, target) -> (image, target)``, e.g.
             :func:`detection_transforms`. It receives the uint8 image (cheaper to flip/resize); the
             result is converted to float 0..1 if the transforms did not do it already.
@@ -119,9 +119,10 @@ class CocoDetection(torch.utils.data.Dataset):
         keep_negatives: bool = False,
     ) -> None:
         self.ann_path = Path(ann)
-        self.root = image_root(ann, images)
         self.transforms = transforms
-        self.coco = normalise_coco(load_coco(self.ann_path), self.ann_path)  # all images, for evaluation
+        raw = load_coco(self.ann_path)
+        self.root = image_root(ann, images, raw)
+        self.coco = normalise_coco(raw, self.ann_path)  # all images, for evaluation
         self._boxes: dict[int, list[dict]] = {im["id"]: [] for im in self.coco["images"]}
         for a in self.coco["annotations"]:
             if a["bbox"][2] > 0 and a["bbox"][3] > 0:  # degenerate boxes are `fpsiam data check`'s finding

@@ -332,7 +332,7 @@ class CocoFrames(FrameSource):
         stride = _check_stride(stride)
         self.ann = os.fspath(ann)
         data = load_coco(self.ann)
-        self.root = os.fspath(image_root(self.ann, images))
+        self.root = os.fspath(image_root(self.ann, images, data))
         groups: dict[str, list[tuple[Any, bytes]]] = collections.defaultdict(list)
         stills: list[bytes] = []
         for n, rec in enumerate(data["images"]):
@@ -649,7 +649,7 @@ def open_frames(
     """Open a frame source: an image folder tree, a video file or folder, a COCO json, or a list of them.
 
     ``stride`` keeps every n-th frame of each video (or of the stills of a COCO json); ``images`` is the
-    images root for a COCO json (default: the json's folder).
+    images root for a COCO json (default: the json's info.images_root, else its folder).
     """
     stride = _check_stride(stride)
     if isinstance(src, (list, tuple)):

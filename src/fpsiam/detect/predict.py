@@ -264,7 +264,7 @@ def _coco_source(path: Path, images: str | os.PathLike | None) -> ImageSource:
     from fpsiam.data.cocojson import image_root, load_coco
 
     data = load_coco(path)
-    root = image_root(path, images)
+    root = image_root(path, images, data)
     records = []
     for n, rec in enumerate(data["images"]):
         if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str) or "id" not in rec:
@@ -556,7 +556,7 @@ def predict_source(
     TorchScript; ``backend`` insists on one) or a :class:`fpsiam.api.Detector`. ``score_threshold``: default the
     model file's. ``smooth``: a :class:`fpsiam.detect.track.TrackConfig` (or True for the defaults) to track and
     smooth boxes over frames. ``max_frames``: stop after this many frames. ``images``: the images root of a
-    COCO json (default: the json's folder).
+    COCO json (default: the json's info.images_root, else its folder).
     """
     from fpsiam.api import Detector, _check_threshold
     from fpsiam.detect.track import TrackConfig, Tracker, config_dict

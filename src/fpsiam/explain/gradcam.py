@@ -526,8 +526,9 @@ def _name_frames(frames: list[_Frame]) -> list[_Frame]:
 
 def _annotated(ann: str | os.PathLike, images: str | os.PathLike | None) -> list[_Frame]:
     """Every image of a COCO json with its true boxes (xyxy; degenerate ones dropped), in the json's order."""
-    coco = normalise_coco(load_coco(ann), ann)
-    root = image_root(ann, images)
+    raw = load_coco(ann)
+    root = image_root(ann, images, raw)
+    coco = normalise_coco(raw, ann)
     boxes: dict[int, list[list[float]]] = {im["id"]: [] for im in coco["images"]}
     for a in coco["annotations"]:
         x, y, w, h = a["bbox"]

@@ -109,15 +109,18 @@ class PretrainTask(Task):
         self.probed: dict[str, float] = {}  # the newest probe row
         self.lr = 0.0
         self.steps_per_epoch = 1
+        d = cfg.data
+        if not d.source:
+            raise FpsiamError("no frame source: set data.source in the config or pass --data SRC")
+        # opened before the run folder exists: a bad source leaves no half-made run behind
+        self.source = open_frames(d.source, stride=d.stride, images=d.images)
 
     def identity(self) -> dict[str, Any]:
         return {"method": self.cfg.model.method, "arch": self.cfg.model.backbone}
 
     def dataset(self):
         d = self.cfg.data
-        if not d.source:
-            raise FpsiamError("no frame source: set data.source in the config or pass --data SRC")
-        source = open_frames(d.source, stride=d.stride, images=d.images)
+        source = self.source
         self.data_where = d.source
         transform = view_transform(d.size, d.min_scale, d.mean, d.std, d.color_jitter, d.grayscale, d.blur)
         local = None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from fpsiam.data.cocojson import POLYP_CATEGORY, new_coco, relative_file_name
+from fpsiam.data.cocojson import POLYP_CATEGORY, anchor_file_names, new_coco
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import parse_json
 
@@ -206,7 +206,8 @@ def _assemble(
     """Apply the box policies, sort, number and build the COCO dict (counts go to ``info``)."""
     if not frames:
         raise FpsiamError(f"{src}: no annotated images found; check SRC (and --images) for --format {fmt}")
-    named = [(relative_file_name(f.path, out), f) for f in frames]
+    images_root, names = anchor_file_names([f.path for f in frames], out)
+    named = list(zip(names, frames, strict=True))
     named.sort(key=lambda t: (t[1].video_id or "", -1 if t[1].frame_index is None else t[1].frame_index, t[0]))
     keep_ids = all(f.image_id is not None for f in frames)
     keep_ann_ids = all(b.ann_id is not None for f in frames for b in f.boxes)
@@ -244,6 +245,7 @@ def _assemble(
     info = {
         "description": f"converted by fpsiam from {fmt}",
         "source": str(src),
+        "images_root": images_root,
         "conversion": {
             "format": fmt,
             **asdict(counts),

@@ -4,8 +4,8 @@ SRC is a COCO json (CVC-VideoClinicDB, SUN-SEG) to validate and normalise: every
 (id 1; a non-"polyp" category name is kept as ``subclass``), boxes are checked and ``area`` recomputed,
 video/frame aliases (:data:`VIDEO_KEYS`, :data:`FRAME_KEYS`) become ``video_id`` (str) / ``frame_index``
 (int), track aliases (:data:`TRACK_KEYS`) become ``track_id``. Ids are kept; duplicate ids are an error.
-The images are looked up relative to ``--images`` if given, else to the json's folder; ``file_name`` is
-rewritten relative to the output json; an image that is not found keeps the json's width/height (counted in
+The images are looked up relative to ``--images`` if given, else to the json's images root; ``file_name`` is
+rewritten inside the output's ``info.images_root``; an image that is not found keeps the json's width/height (counted in
 the report).
 
 The shared rules (``--video-pattern``, sorting and numbering, the box policies and their counts) are
@@ -45,7 +45,7 @@ def from_coco(src: Path, out: Path, options: ConvertOptions | None = None, image
     """Validate and normalise an existing COCO json (CVC-VideoClinicDB, SUN-SEG) to the project's conventions."""
     src, options, counts = Path(src), options or ConvertOptions(), _Counts()
     data = load_coco(src)
-    root = image_root(src, images)
+    root = image_root(src, images, data)
     rx = _compile_pattern(options.video_pattern)
     categories = {}
     for c in data.get("categories") or []:
