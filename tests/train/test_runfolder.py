@@ -122,6 +122,14 @@ def test_resume_refuses_a_changed_config_but_allows_safe_keys(frames, tmp_path, 
     assert config_changes({"a": {"b": 1}}, {"a": {"b": 1}}) == []
 
 
+def test_a_key_added_since_the_run_started_passes_at_its_default_only():
+    old, defaults = {"a": {"b": 1}}, {"a": {"b": 1, "new": 96}}
+    assert config_changes(old, {"a": {"b": 1, "new": 96}}, defaults) == []  # a later version's key, default value
+    assert config_changes(old, {"a": {"b": 1, "new": 64}}, defaults) == [("a.new", None, 64)]
+    assert config_changes(old, {"a": {"b": 1, "new": 96}}) == [("a.new", None, 96)]  # no defaults known: refused
+    assert config_changes({"a": {"b": 1, "new": 64}}, {"a": {"b": 1}}, defaults) == [("a.new", 64, None)]
+
+
 def test_torn_metrics_line_is_dropped_on_resume_and_a_torn_middle_line_refused(frames, tmp_path, capsys):
     run = tmp_path / "run"
     P.pretrain(cfg(frames, "train.epochs=1"), run)

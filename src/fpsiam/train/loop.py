@@ -228,7 +228,9 @@ class Engine:
                 f"{path}: checkpoint is {_words(got)} but the config asks for {_words(want)}; resume with the "
                 "config the run was started with, or use a new -o RUN_DIR"
             )
-        R.check_resume_config(ckpt.get("config"), _as_dict(self.config), path, self.allow_change)
+        R.check_resume_config(
+            ckpt.get("config"), _as_dict(self.config), path, self.allow_change, _defaults(self.config)
+        )
         model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -416,6 +418,16 @@ def _hms(seconds: float) -> str:
 
 def _as_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+
+
+def _defaults(config: Any) -> dict[str, Any] | None:
+    """The defaults of ``config``'s dataclass type (None when it is not one or needs arguments)."""
+    if not dataclasses.is_dataclass(config):
+        return None
+    try:
+        return dataclasses.asdict(type(config)())
+    except TypeError:
+        return None
 
 
 def _words(facts: dict[str, Any]) -> str:

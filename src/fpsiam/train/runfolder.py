@@ -111,18 +111,40 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key, old value, new value)`` for every dotted key that differs and is not safe to change."""
+def config_changes(
+    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[tuple[str, Any, Any]]:
+    """``(key, old value, new value)`` for every dotted key that differs and is not safe to change.
+
+    A key the old config lacks (added by a later fpsiam) is no change when the new value is its default in
+    ``defaults``: a run started before the key existed behaved as the default does.
+    """
     a, b = _flat(old), _flat(new)
+    d = _flat(defaults) if defaults is not None else {}
     keys = sorted(set(a) | set(b))
-    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k) and not k.startswith(SAFE_TO_CHANGE)]
+    return [
+        (k, a.get(k), b.get(k))
+        for k in keys
+        if a.get(k) != b.get(k)
+        and not k.startswith(SAFE_TO_CHANGE)
+        and not (k not in a and k in d and b.get(k) == d[k])
+    ]
 
 
-def check_resume_config(old: dict[str, Any] | None, new: dict[str, Any], where: str | Path, allow: bool) -> None:
-    """Refuse to resume a run with another effective config (the checkpoint's), unless ``allow``."""
+def check_resume_config(
+    old: dict[str, Any] | None,
+    new: dict[str, Any],
+    where: str | Path,
+    allow: bool,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Refuse to resume a run with another effective config (the checkpoint's), unless ``allow``.
+
+    ``defaults``: the config type's defaults, so keys added since the run started (at their default) pass.
+    """
     if old is None:
         return
-    changes = config_changes(old, new)
+    changes = config_changes(old, new, defaults)
     if not changes or allow:
         return
     shown = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in changes[:6])
