@@ -281,12 +281,11 @@ def test_kvasir_frames(tmp_path):
     images, annotations = [], []
     for i, name in enumerate(ids, start=1):
         entry = boxes[name]
-        file_name = str(root / "images" / f"{name}.jpg")  # absolute: the json lives in tmp_path
-        images.append({"id": i, "file_name": file_name, "width": entry["width"], "height": entry["height"]})
+        images.append({"id": i, "file_name": f"{name}.jpg", "width": entry["width"], "height": entry["height"]})
         for b in entry["bbox"]:
             bbox = [b["xmin"], b["ymin"], b["xmax"] - b["xmin"], b["ymax"] - b["ymin"]]
             annotations.append({"id": len(annotations) + 1, "image_id": i, "bbox": bbox})
     save_coco(tmp_path / "kvasir.json", new_coco(images, annotations))
-    result = G.evaluate_cams("random", tmp_path / "kvasir.json", arch="resnet18", size=160)
+    result = G.evaluate_cams("random", tmp_path / "kvasir.json", root / "images", arch="resnet18", size=160)
     assert result["n_frames"] == 3 and 0 <= result["mean_energy_in_box"] <= 1
     assert 0 < result["mean_box_area_fraction"] < 1 and 0 <= result["peak_in_box_rate"] <= 1
