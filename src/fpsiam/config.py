@@ -131,7 +131,8 @@ class PretrainTrain:
     """Loop length, precision, checkpointing and logging."""
 
     epochs: int = 200
-    batch_size: int = 64  # per process; global batch = batch_size * world size
+    batch_size: int = 64  # per process; global batch = batch_size * world size * accumulate
+    accumulate: int = 1  # gradient accumulation: micro-batches of batch_size per optimizer step (BYOL's 16)
     seed: int = 0
     max_steps_per_epoch: int | None = None  # cap for smoke runs
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
@@ -418,8 +419,9 @@ POSITIVE, FRACTION, PROBABILITY = Range(0, None, low_open=True), Range(0, 1, low
 # Non-finite floats (NaN, inf) are refused for every key. List keys check each item.
 RANGES: dict[str, Range] = {
     **{k: _at_least(1) for k in ("epochs", "batch_size", "checkpoint_every", "checkpoint_steps", "eval_every",
-                                 "log_every", "keep_last", "max_steps_per_epoch", "average_last", "test_proposals",
-                                 "roi_samples", "every", "proj_dim", "pred_dim", "pyramid_channels", "stride")},
+                                 "accumulate", "log_every", "keep_last", "max_steps_per_epoch", "average_last",
+                                 "test_proposals", "roi_samples", "every", "proj_dim", "pred_dim", "pyramid_channels",
+                                 "stride")},
     **{k: _at_least(0) for k in ("workers", "warmup_iters", "gradcam_images", "sample_images", "min_iters",
                                  "precise_bn", "nonfinite_skips", "temporal_k", "seed", "seeds", "label_seed",
                                  "queue_size", "queue_start_epoch", "freeze_prototypes_steps", "local_crops",

@@ -137,8 +137,8 @@ class PretrainTask(Task):
         return model
 
     def optimizer(self, model, global_batch):
-        if hasattr(model, "check_batch"):
-            model.check_batch(global_batch)
+        if hasattr(model, "check_batch"):  # queues are filled per micro-batch
+            model.check_batch(global_batch // self.cfg.train.accumulate)
         self.lr = self.cfg.optim.lr * global_batch / 256
         return build_optimizer(model, self.cfg, global_batch)
 

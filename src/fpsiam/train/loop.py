@@ -15,7 +15,9 @@ the two tasks' wiring; the engine returns values and they write the result files
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -72,6 +74,7 @@ class LoopSettings:
     clip_grad_norm: float | None = None
     nonfinite_skips: int = 10
     workers: int = 2
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
 
     @classmethod
     def of(cls, train: Any, **extra: Any) -> LoopSettings:
@@ -111,8 +114,13 @@ class Task:
         raise NotImplementedError
 
     def step_values(self, out: dict[str, Tensor]) -> dict[str, float]:
-        """Extra values logged for a step (e.g. the collapse monitor)."""
+        """Extra values logged for a step (e.g. the collapse monitor); with accumulation, of the last micro-batch."""
         return {}
+
+    def split_batch(self, batch: Any, parts: int) -> list[Any]:
+        """``batch`` as ``parts`` micro-batches (gradient accumulation): tensors are cut along dim 0, lists, tuples
+        and dicts of them part by part. Override for batches of another shape."""
+        return split_batch(batch, parts)
 
     def before_training(self, engine: Engine, fresh: bool) -> None:
         """Once the model is built (and resumed): e.g. precise BN on a fresh start, the initial probe."""
@@ -135,6 +143,21 @@ class Task:
         return {}
 
 
+def split_batch(batch: Any, parts: int) -> list[Any]:
+    """Cut ``batch`` (a tensor, or lists / tuples / dicts of them) into ``parts`` equal micro-batches along dim 0."""
+    if isinstance(batch, Tensor):
+        if batch.shape[0] % parts:
+            raise ValueError(f"a batch of {batch.shape[0]} does not split into {parts} equal micro-batches")
+        return list(batch.chunk(parts))
+    if isinstance(batch, (list, tuple)):
+        cut = [split_batch(x, parts) for x in batch]
+        return [type(batch)(c[i] for c in cut) for i in range(parts)]
+    if isinstance(batch, dict):
+        cut = {k: split_batch(v, parts) for k, v in batch.items()}
+        return [{k: v[i] for k, v in cut.items()} for i in range(parts)]
+    return [batch] * parts
+
+
 class Engine:
     """Runs a :class:`Task` into ``run_dir``: ``Engine(...).run()`` -> the unwrapped model (also ``engine.core``)."""
 
@@ -155,17 +178,18 @@ class Engine:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         s, env, task = self.s, self.env, self.task
-        self.global_batch = s.batch_size * env.world_size
+        self.global_batch = s.batch_size * env.world_size * s.accumulate  # per optimizer step
         data = task.dataset()
         if len(data) < self.global_batch:
+            times = f" x {s.accumulate} accumulated" if s.accumulate > 1 else ""
             raise FpsiamError(
                 f"{task.data_where}: {len(data)} {task.data_unit}, but one step needs {self.global_batch} (batch "
-                f"{s.batch_size} x {env.world_size} processes, drop_last); lower train.batch_size"
+                f"{s.batch_size} x {env.world_size} processes{times}, drop_last); lower train.batch_size"
             )
         self.dataset = SeededSamples(data, seed=s.seed)
         min_samples = -(-s.min_iters // s.epochs) * self.global_batch  # a short set cycles to this many per epoch
         self.sampler = ResumableSampler(self.dataset, env.world_size, env.rank, seed=s.seed, min_samples=min_samples)
-        self.steps_per_epoch = len(self.sampler) // s.batch_size
+        self.steps_per_epoch = len(self.sampler) // (s.batch_size * s.accumulate)
         if s.max_steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, s.max_steps_per_epoch)
         torch.manual_seed(s.seed)
@@ -200,7 +224,7 @@ class Engine:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.dtype = D.autocast_dtype(self.s.amp, self.env.device)
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=self.dtype == torch.float16)
-        self.global_batch = self.s.batch_size * self.env.world_size
+        self.global_batch = self.s.batch_size * self.env.world_size * self.s.accumulate
         return self
 
     def _resume(self, model: nn.Module) -> bool:
@@ -243,22 +267,37 @@ class Engine:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> nn.Module:
-        """Lock the run folder, set up, train every remaining epoch; returns the trained (unwrapped) model."""
-        with (
-            R.run_folder(self.run_dir, self.env.is_main) as cleaned,
-            console_log(self.run_dir / R.LOG, self.env.is_main),
-        ):
-            if cleaned:
-                self.log(f"removed {len(cleaned)} temp file(s) of an interrupted write in {self.run_dir}")
-            self.setup()
-            self.log(self.start_line())
-            self.session_start = (self.global_step, time.perf_counter())
-            while self.epoch < self.s.epochs:
-                self.train_epoch()
-            self.metrics.write_csv()
-            self.metrics.close()
-            D.barrier(self.env)
+        """Lock the run folder, set up, train every remaining epoch; returns the trained (unwrapped) model.
+
+        A run that fails in its setup (bad data, a batch larger than the data...) leaves no folder behind when it
+        made the folder itself.
+        """
+        made, set_up = not self.run_dir.exists(), False
+        try:
+            with (
+                R.run_folder(self.run_dir, self.env.is_main) as cleaned,
+                console_log(self.run_dir / R.LOG, self.env.is_main),
+            ):
+                if cleaned:
+                    self.log(f"removed {len(cleaned)} temp file(s) of an interrupted write in {self.run_dir}")
+                self.setup()
+                set_up = True
+                self.train_all()
+        except BaseException:
+            if made and not set_up and self.env.is_main:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         return self.core
+
+    def train_all(self) -> None:
+        """Every remaining epoch, then the metrics' csv; called by :meth:`run` inside the locked folder."""
+        self.log(self.start_line())
+        self.session_start = (self.global_step, time.perf_counter())
+        while self.epoch < self.s.epochs:
+            self.train_epoch()
+        self.metrics.write_csv()
+        self.metrics.close()
+        D.barrier(self.env)
 
     def start_line(self) -> str:
         facts = self.task.describe()
@@ -272,12 +311,12 @@ class Engine:
     def loader(self) -> DataLoader:
         s = self.s
         self.sampler.set_epoch(self.epoch)
-        self.sampler.start_index = self.step_in_epoch * s.batch_size
+        self.sampler.start_index = self.step_in_epoch * s.batch_size * s.accumulate
         self.dataset.epoch = self.epoch
         gen = torch.Generator().manual_seed(s.seed * 100_003 + self.epoch)
         return DataLoader(
-            self.dataset, batch_size=s.batch_size, sampler=self.sampler, num_workers=s.workers, drop_last=True,
-            collate_fn=self.task.collate_fn, pin_memory=self.env.device.type == "cuda", generator=gen,
+            self.dataset, batch_size=s.batch_size * s.accumulate, sampler=self.sampler, num_workers=s.workers,
+            drop_last=True, collate_fn=self.task.collate_fn, pin_memory=self.env.device.type == "cuda", generator=gen,
             persistent_workers=False,
         )  # fmt: skip
 
@@ -327,22 +366,31 @@ class Engine:
                 f"{k} {v:.4f}" for k, v in self.last.items() if k != "skipped"), file=sys.stderr)  # fmt: skip
 
     def step(self, batch: Any) -> dict[str, float]:
-        """One optimizer step on ``batch``: the logged values (losses averaged over processes, lr, grad norm)."""
+        """One optimizer step on ``batch``: the logged values (losses averaged over processes, lr, grad norm).
+
+        With ``accumulate`` > 1 the batch is cut into that many micro-batches, each forwarded and backpropagated
+        with its loss divided by their number (gradients of DDP synchronised on the last only); the logged terms
+        are their mean.
+        """
         s, env, task = self.s, self.env, self.task
         task.set_lr(self.optimizer, self.epoch, self.global_step)
-        with torch.autocast(env.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            out = task.losses(self.model, batch, env.device)
-        names = sorted(k for k, v in out.items() if v.ndim == 0)
-        terms = D.all_reduce_mean(torch.stack([out[k].detach().float() for k in names]), env)
-        if not bool(torch.isfinite(terms).all()):
-            raise FpsiamError(
-                f"epoch {self.epoch + 1} step {self.step_in_epoch + 1}: loss is "
-                f"{dict(zip(names, [round(v, 4) for v in terms.tolist()], strict=True))} (not finite); stopped. "
-                f"Last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'}. Lower optim.lr, set "
-                "optim.clip_grad_norm or use train.amp=none"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out["loss"]).backward()
+        micro = task.split_batch(batch, s.accumulate) if s.accumulate > 1 else [batch]
+        sums: Tensor | None = None
+        for i, part in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                with torch.autocast(env.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                    out = task.losses(self.model, part, env.device)
+                names = sorted(k for k, v in out.items() if v.ndim == 0)
+                terms = D.all_reduce_mean(torch.stack([out[k].detach().float() for k in names]), env)
+                if not bool(torch.isfinite(terms).all()):  # every process stops here, before any update
+                    self._nonfinite_loss(names, terms)
+                sums = terms if sums is None else sums + terms
+                self.scaler.scale(out["loss"] / len(micro)).backward()
+        assert sums is not None
+        terms = sums / len(micro)
         values = dict(zip(names, terms.tolist(), strict=True))
         applied = True
         self.last_grad_norm = float("nan")
@@ -369,6 +417,14 @@ class Engine:
         values.update(task.step_values(out))
         self.last = values
         return values
+
+    def _nonfinite_loss(self, names: list[str], terms: Tensor) -> None:
+        raise FpsiamError(
+            f"epoch {self.epoch + 1} step {self.step_in_epoch + 1}: loss is "
+            f"{dict(zip(names, [round(v, 4) for v in terms.tolist()], strict=True))} (not finite); stopped. "
+            f"Last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'}. Lower optim.lr, set "
+            "optim.clip_grad_norm or use train.amp=none"
+        )
 
     # ------------------------------------------------------------------ logging and checkpoints
     def log_step(self, values: dict[str, float], window: dict[str, float]) -> None:
