@@ -40,10 +40,11 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """Synthetic colonoscopy frames of two sizes (96 x 80 and 70 x 100: resized by non-round factors)."""
+    """Synthetic colonoscopy frames of three sizes, resized by non-round factors. 98 x 50 is a size where a
+    float32 scale gives another resized width than eager's double one (64 instead of 63)."""
     root = tmp_path_factory.mktemp("frames")
     paths = []
-    for k, (w, h) in enumerate(((96, 80), (70, 100))):
+    for k, (w, h) in enumerate(((96, 80), (70, 100), (98, 50))):
         summary = generate(root / str(k), SynthOptions(videos=1, frames=3, width=w, height=h, mp4=False))
         paths += sorted((summary.frames_dir / "synth_000").glob("*.jpg"))
     return paths

@@ -198,6 +198,7 @@ def _export_onnx(model: nn.Module, out: Path, opset: int, hw: tuple[int, int] | 
     onnx = _optional("onnx")
 
     spec = model.fpsiam_spec
+    _with_transform(model, OnnxScaleTransform)
     example = torch.rand(1, 3, *(hw or (spec.min_size, spec.max_size)), generator=torch.Generator().manual_seed(0))
     dynamic = {INPUT: {2: "height", 3: "width"}} if hw is None else {}
     dynamic.update({name: {0: "detections"} for name in OUTPUTS})
@@ -235,10 +236,38 @@ class EagerScaleTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def _export_torchscript(model: nn.Module, out: Path, meta: dict) -> None:
+class OnnxScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's transform whose *traced* resize computes the output size as eager does, in double precision.
+
+    Traced, torchvision computes the scale in float32 and hands ONNX Resize a scale, so a 531 x 598 frame becomes
+    198 x 224 in ONNX Runtime where eager (Python floats) gives 198 x 223; the boxes then move (matched IoU 0.985
+    on Kvasir-SEG's test images). Here the scale ``min(min_size / min(h, w), max_size / max(h, w))`` and the size
+    ``floor(side * scale)`` are computed on float64 tensors (1-D: a 0-d constant would be cast to float32 by the
+    exporter) and Resize gets the size, which is what eager's ``recompute_scale_factor=True`` does. Inference only.
+    """
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        if self.training or target is not None:
+            raise RuntimeError("an exported fpsiam detector only runs inference (eval, no targets)")
+        side = torch._shape_as_tensor(image)[-2:].to(torch.float64)
+        limits = torch.tensor([float(self.min_size[-1]), float(self.max_size)], dtype=torch.float64)
+        scale = (limits / torch.stack([side.min(), side.max()])).min(dim=0, keepdim=True)[0]
+        size = torch.floor(side * scale).to(torch.int64)
+        image = torch.nn.functional.interpolate(
+            image[None], size=(size[0], size[1]), mode="bilinear", align_corners=False
+        )[0]
+        return image, target
+
+
+def _with_transform(model: nn.Module, kind: type[GeneralizedRCNNTransform]) -> None:
+    """Replace ``model.transform`` by the same settings in ``kind``."""
     t = model.transform
-    model.transform = EagerScaleTransform(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible,
-                                          t.fixed_size, _skip_resize=t._skip_resize)  # fmt: skip
+    model.transform = kind(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible, t.fixed_size,
+                           _skip_resize=t._skip_resize)  # fmt: skip
+
+
+def _export_torchscript(model: nn.Module, out: Path, meta: dict) -> None:
+    _with_transform(model, EagerScaleTransform)
     with warnings.catch_warnings(), atomic_path(out) as tmp:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated for torch.export; still supported
         scripted = torch.jit.script(model.eval())
