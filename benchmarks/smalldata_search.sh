@@ -12,14 +12,9 @@ OUT=${1:-runs/smalldata_search}
 shift || true
 PY=${PY:-.venv/bin/python}
 if [ -z "${TRAIN:-}" ]; then
-  : "${FPSIAM_KVASIR:?set FPSIAM_KVASIR to the Kvasir-SEG folder (or TRAIN to a labeled COCO json)}"
+  source benchmarks/kvasir_json.sh
+  kvasir_json
   TRAIN=data/kvasir/train.json
-  if [ ! -f "$TRAIN" ]; then
-    mkdir -p data/kvasir
-    "$PY" -m fpsiam data convert --format kvasir "$FPSIAM_KVASIR" -o data/kvasir/all.json
-    "$PY" -m fpsiam data split data/kvasir/all.json --by list --list train="$FPSIAM_KVASIR/train.txt" \
-        --list test="$FPSIAM_KVASIR/test.txt" -o data/kvasir
-  fi
 fi
 # name: the --set overrides on top of configs/fpsiam_r18_cpu.yaml at 128 px, batch 32
 declare -A SETTINGS=(
