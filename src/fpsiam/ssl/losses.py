@@ -64,11 +64,12 @@ def byol_loss(p: Tensor, z: Tensor) -> Tensor:
 
 def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
     """MoCo's InfoNCE: each query ``q`` [N, C] against its key ``k`` (the positive, no gradient) and the ``queue``
-    [K, C] of negatives (keys of earlier batches). Logits are cosine similarities / ``temperature``."""
+    [K, C] of negatives (keys of earlier batches, unit vectors: MoCo's queue holds normalised keys, so it is used as
+    is, as in MoCo's code). Logits are cosine similarities / ``temperature``."""
     q = F.normalize(q, dim=1)
     k = F.normalize(k.detach(), dim=1)
     positive = (q * k).sum(dim=1, keepdim=True)
-    negative = q @ F.normalize(queue.detach(), dim=1).T
+    negative = q @ queue.detach().T
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
@@ -99,7 +100,8 @@ def dense_contrastive(
 ) -> Tensor:
     """DenseCL's dense term. ``q_dense``/``k_dense`` [N, C, S]: the dense projections of the two views at S grid
     locations; ``q_feat``/``k_feat`` [N, D, S]: their backbone features there. Each query location's positive is
-    the key location whose backbone feature is most similar (cosine); its negatives are the dense ``queue`` [K, C].
+    the key location whose backbone feature is most similar (cosine); its negatives are the dense ``queue`` [K, C]
+    (unit vectors, used as is).
     """
     q = F.normalize(q_dense, dim=1)
     k = F.normalize(k_dense.detach(), dim=1)
@@ -108,7 +110,7 @@ def dense_contrastive(
     k_matched = torch.gather(k, 2, match.unsqueeze(1).expand(-1, k.shape[1], -1))
     positive = (q * k_matched).sum(dim=1).reshape(-1, 1)  # [N*S, 1]
     q_rows = q.permute(0, 2, 1).reshape(-1, q.shape[1])
-    negative = q_rows @ F.normalize(queue.detach(), dim=1).T
+    negative = q_rows @ queue.detach().T
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=q.device))
 

@@ -80,8 +80,8 @@ class DenseCL(nn.Module):
             flat = shuffled_forward(self.key, x2) if self.shuffle_bn else self.key(x2)
             c = self.head_dim
             k, k_dense, k_feat = flat[:, :c, 0], flat[:, c : 2 * c], flat[:, 2 * c :]
-        loss_global = info_nce(q, k, self.queue.items, self.t)  # the loss normalises a copy: pushing after is safe
-        loss_dense = dense_contrastive(q_dense, k_dense, q_feat, k_feat, self.dense_queue.items, self.t)
+        loss_global = info_nce(q, k, self.queue.items.clone(), self.t)  # a copy: backward needs it, push changes it
+        loss_dense = dense_contrastive(q_dense, k_dense, q_feat, k_feat, self.dense_queue.items.clone(), self.t)
         self.queue.push(gather(k))
         self.dense_queue.push(gather(F.normalize(k_dense, dim=1).mean(dim=2)))
         loss = (1 - self.w) * loss_global + self.w * loss_dense

@@ -95,7 +95,7 @@ class MoCoV2(nn.Module):
         q = self.projector(self.encoder(x1))
         with torch.no_grad():
             k = shuffled_forward(self.key, x2) if self.shuffle_bn else self.key(x2)
-        loss = info_nce(q, k, self.queue.items, self.t)  # the loss normalises a copy: pushing after is safe
+        loss = info_nce(q, k, self.queue.items.clone(), self.t)  # a copy: backward needs it, push changes it
         self.queue.push(gather(k))
         return {"loss": loss, "z": q.detach()}
 
