@@ -115,6 +115,15 @@ def test_config_list_groups_every_preset_by_kind(capsys):
     assert listed["fpsiam_r18_cpu"] == "pretraining"
     assert listed["retinanet_r18_fpn_cpu"] == "detection"
     assert listed["experiments/kvasir_cpu"] == "experiments"
+    from fpsiam.backbones import BACKBONES
+    from fpsiam.data.convert import FORMATS
+    from fpsiam.detect.models import DETECTORS
+    from fpsiam.ssl.methods import METHODS
+
+    tables = {line.split(" (")[0]: line.split(": ")[-1].split(", ") for line in lines if line.startswith(
+        ("methods", "detectors", "backbones", "data formats"))}  # fmt: skip
+    assert tables == {"methods": list(METHODS), "detectors": list(DETECTORS), "backbones": list(BACKBONES),
+                      "data formats": list(FORMATS)}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -35,10 +35,16 @@ BACKBONES: dict[str, Backbone] = {
 ARCHS = tuple(BACKBONES)
 
 
+def check_backbone(name: str, where: str = "") -> None:
+    """One line (naming the key ``where``) listing the known backbones when ``name`` is not in :data:`BACKBONES`."""
+    if name not in BACKBONES:
+        prefix = f"{where}: " if where else ""
+        raise FpsiamError(f"{prefix}unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+
+
 def backbone_spec(arch: str) -> Backbone:
     """The table entry of ``arch``; an unknown name is one line listing the known ones."""
-    if arch not in BACKBONES:
-        raise FpsiamError(f"unknown backbone '{arch}'; choose one of: {', '.join(BACKBONES)}")
+    check_backbone(arch)
     return BACKBONES[arch]
 
 

@@ -297,7 +297,15 @@ def cmd_config(args: argparse.Namespace) -> int:
     from fpsiam import presets
 
     if args.config_command == "list":
+        from fpsiam.backbones import BACKBONES
+        from fpsiam.detect.models import DETECTORS
+        from fpsiam.ssl.methods import METHODS
+
         print(presets.listing())
+        print(f"\nmethods (model.method; an experiment's methods): {', '.join(METHODS)}")
+        print(f"detectors (model.kind; an experiment's detectors): {', '.join(DETECTORS)}")
+        print(f"backbones (model.backbone of a pretraining, model.arch of a detector): {', '.join(BACKBONES)}")
+        print(f"data formats (fpsiam data convert --format): {', '.join(FORMATS)}")
     else:
         print(presets.show(args.config, args.set, args.kind), end="")
     return 0
@@ -482,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pretrain",
-        help="self-supervised pretraining (FPSiam / SimSiam); runs under torchrun too",
+        help="self-supervised pretraining (FPSiam and its peers: fpsiam config list); runs under torchrun too",
         description="Pretrain a backbone on unlabeled frames. Same command under "
         "`torchrun --nproc_per_node=N -m fpsiam pretrain ...` for DDP. Writes config.yaml, metrics.jsonl/csv, "
         "checkpoints/ and backbone.safetensors into the run folder.",

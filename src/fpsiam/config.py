@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -86,8 +87,8 @@ class PretrainData:
 class PretrainModel:
     """The method and its encoder (docs/method.md)."""
 
-    method: str = "fpsiam"  # a name of fpsiam.ssl.methods.METHODS: fpsiam simsiam mocov2 simclr byol densecl swav
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    method: str = "fpsiam"  # a name in fpsiam.ssl.methods.METHODS (`fpsiam config list` lists them)
+    backbone: str = "resnet50"  # a name in fpsiam.backbones.BACKBONES
     init: str = "imagenet"  # random | imagenet | path to a torchvision-keyed weights file
     weights_file: str | None = None  # offline copy of torchvision's ImageNet weights (for init=imagenet)
     pyramid_channels: int = 256
@@ -198,8 +199,8 @@ class DetectData:
 class DetectModel:
     """The detector and where its backbone weights come from."""
 
-    kind: Literal["faster_rcnn", "retinanet"] = "faster_rcnn"
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    kind: str = "faster_rcnn"  # a name in fpsiam.detect.models.DETECTORS
+    arch: str = "resnet50"  # a name in fpsiam.backbones.BACKBONES
     backbone: str = "imagenet"  # random | imagenet | path to a torchvision-keyed weights file (fpsiam extract)
     weights_file: str | None = None  # offline copy of torchvision's ImageNet weights (for backbone=imagenet)
     min_size: int = 480  # images resized keeping aspect ratio to fit max_size x max_size
@@ -286,7 +287,7 @@ class ExperimentConfig:
     # "name=path/to/backbone.safetensors"; a "backbone.probe.jsonl" beside the file (probe rows, as a pretraining
     # run's metrics.jsonl has) is drawn in the report's probe plot with the pretrained arms
     weights: list[str] = dataclasses.field(default_factory=list)
-    detectors: list[Literal["faster_rcnn", "retinanet"]] = dataclasses.field(
+    detectors: list[str] = dataclasses.field(  # names in fpsiam.detect.models.DETECTORS
         default_factory=lambda: ["faster_rcnn", "retinanet"]
     )
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])  # fine-tuning seeds
@@ -468,6 +469,7 @@ def from_dict(cls: type[T], raw: Any, where: str, prefix: str = "") -> T:
             raise FpsiamError(f"{where}: unknown key '{dotted}'{hint}")
         kwargs[key] = _coerce(hints[key], value, where, dotted)
         _check_range(key, kwargs[key], where, dotted)
+        _check_names(cls.__name__, key, kwargs[key], where, dotted)
     return cls(**kwargs)
 
 
@@ -475,13 +477,6 @@ def _check_range(key: str, value: Any, where: str, dotted: str) -> None:
     """Refuse a value outside its key's range (see :data:`RANGES`), a non-finite float, or an unknown device."""
     if key == "device" and isinstance(value, str) and not DEVICE.match(value):
         raise FpsiamError(f"{where}: key '{dotted}': expected auto, cpu, cuda or cuda:N, got {_short(value)}")
-    if key in ("method", "methods"):  # names come from the method table itself (imports the methods, and torch)
-        from fpsiam.ssl.methods import check_method
-
-        for i, name in enumerate(value if isinstance(value, list) else [value]):
-            check_method(
-                name, f"{where}: key '{dotted}[{i}]'" if isinstance(value, list) else f"{where}: key '{dotted}'"
-            )
     values = value if isinstance(value, list) else [value]
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int | float):
@@ -492,6 +487,46 @@ def _check_range(key: str, value: Any, where: str, dotted: str) -> None:
         allowed = RANGES.get(key)
         if allowed is not None and not allowed.holds(v):
             raise FpsiamError(f"{where}: key '{name}': must be {allowed}, got {v:g}")
+
+
+def _methods() -> Callable[[str, str], None]:
+    from fpsiam.ssl.methods import check_method
+
+    return check_method
+
+
+def _detectors() -> Callable[[str, str], None]:
+    from fpsiam.detect.models import check_detector
+
+    return check_detector
+
+
+def _backbones() -> Callable[[str, str], None]:
+    from fpsiam.backbones import check_backbone
+
+    return check_backbone
+
+
+# Keys whose values are names from a table (method, detector, backbone): (config class, key) -> the table's check.
+# Each table is imported only when such a key is read (they import torch), and no name list is repeated here.
+NAME_KEYS: dict[tuple[str, str], Callable[[], Callable[[str, str], None]]] = {
+    ("PretrainModel", "method"): _methods,
+    ("ExperimentConfig", "methods"): _methods,
+    ("PretrainModel", "backbone"): _backbones,
+    ("DetectModel", "arch"): _backbones,
+    ("DetectModel", "kind"): _detectors,
+    ("ExperimentConfig", "detectors"): _detectors,
+}
+
+
+def _check_names(cls: str, key: str, value: Any, where: str, dotted: str) -> None:
+    """Refuse a name that is not in its table (:data:`NAME_KEYS`), one line listing the known ones."""
+    table = NAME_KEYS.get((cls, key))
+    if table is None:
+        return
+    check = table()
+    for i, name in enumerate(value if isinstance(value, list) else [value]):
+        check(name, f"{where}: key '{dotted}[{i}]'" if isinstance(value, list) else f"{where}: key '{dotted}'")
 
 
 def _short(value: Any, limit: int = 120) -> str:

@@ -85,10 +85,8 @@ from fpsiam.backbones import channels as stage_channels
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_path
 
-DetectorKind = Literal["faster_rcnn", "retinanet"]
 BoxLoss = Literal["smooth_l1", "l1"]
 
-KINDS: tuple[str, ...] = ("faster_rcnn", "retinanet")
 ARCHS = tuple(BACKBONES)
 
 # Input normalisation of the recipe (docs/detection.md): LDPolypVideo statistics on 0-255 RGB, divided by 255
@@ -182,8 +180,7 @@ class DetectorSpec:
         return cls(**{k: v for k, v in dataclasses.asdict(config).items() if k in names})
 
     def check(self) -> None:
-        if self.kind not in KINDS:
-            raise FpsiamError(f"detector kind '{self.kind}': expected one of {', '.join(KINDS)}")
+        check_detector(self.kind, "detector kind")
         if self.arch not in ARCHS:
             raise FpsiamError(f"backbone arch '{self.arch}': expected one of {', '.join(ARCHS)}")
         if self.box_loss not in ("smooth_l1", "l1"):
@@ -545,8 +542,22 @@ def _retinanet(backbone: ResNetFPN, spec: DetectorSpec) -> RetinaNet:
     return model
 
 
+DETECTORS: dict[str, Callable[[ResNetFPN, DetectorSpec], nn.Module]] = {
+    "faster_rcnn": _faster_rcnn,
+    "retinanet": _retinanet,
+}
+"""The detectors, name -> builder on a :class:`ResNetFPN` (config keys ``model.kind`` and an experiment's
+``detectors`` read their names from here)."""
+
+
+def check_detector(name: str, where: str = "model.kind") -> None:
+    """One line naming the key and the known detectors when ``name`` is not in :data:`DETECTORS`."""
+    if name not in DETECTORS:
+        raise FpsiamError(f"{where}: unknown detector '{name}'; choose one of: {', '.join(DETECTORS)}")
+
+
 def build_detector(
-    kind: DetectorKind,
+    kind: str,
     arch: str = "resnet50",
     init: str = "random",
     weights_file: str | None = None,
@@ -580,7 +591,7 @@ def build_from_spec(spec: DetectorSpec, init: str = "random", weights_file: str 
     message = init_resnet(net, arch, init, weights_file)
     freeze_stem(net)
     backbone = resnet_fpn(net, arch, kind, spec.head_norm)
-    model = _faster_rcnn(backbone, spec) if kind == "faster_rcnn" else _retinanet(backbone, spec)
+    model = DETECTORS[kind](backbone, spec)
     model.fpsiam_spec = spec
     model.init_message = message
     return model
