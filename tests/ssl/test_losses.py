@@ -11,7 +11,7 @@ from fpsiam.ssl import heads as H
 from fpsiam.ssl import losses as L
 
 lightly = pytest.importorskip("lightly", reason="lightly (the dev extra) is the independent implementation")
-from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss  # noqa: E402
+from lightly.loss import BarlowTwinsLoss, NegativeCosineSimilarity, NTXentLoss, SwaVLoss  # noqa: E402
 from lightly.models.modules import heads as LH  # noqa: E402
 
 ATOL = 1e-5
@@ -44,6 +44,29 @@ def test_heads_equal_lightlys(ours, theirs):
     assert torch.allclose(a(x), b(x), atol=ATOL)
     x2 = torch.randn(8, a[0].in_features)  # two batches in one pass: each its own BatchNorm batch
     assert torch.allclose(a(torch.cat([x, x2]), groups=2), torch.cat([b(x), b(x2)]), atol=ATOL)
+
+
+def test_barlow_twins_head_and_loss_equal_lightlys():
+    torch.manual_seed(4)
+    ours, theirs = H.BarlowTwinsHead(32, 64, 48), LH.BarlowTwinsProjectionHead(32, 64, 48)
+    target = theirs.state_dict()
+    mine = dict(zip([k for k in target if not k.endswith("6.bias")], ours.state_dict().values(), strict=True))
+    theirs.load_state_dict({**mine, "layers.6.bias": torch.zeros(48)})  # ours is bias-free, as Barlow Twins' code
+    x1, x2 = torch.randn(8, 32), torch.randn(8, 32)
+    z = ours(torch.cat([x1, x2]), groups=2)  # each view its own BatchNorm batch
+    assert torch.allclose(z, torch.cat([theirs(x1), theirs(x2)]), atol=ATOL)
+    a, b = z.detach().chunk(2)
+    a.requires_grad_(True)
+    mine_loss = L.barlow_twins(a, b, 5e-3)
+    a2 = a.detach().clone().requires_grad_(True)
+    their_loss = BarlowTwinsLoss(lambda_param=5e-3, gather_distributed=False)(a2, b)
+    assert mine_loss.item() == pytest.approx(their_loss.item(), rel=1e-5)
+    mine_loss.backward()
+    their_loss.backward()
+    assert torch.allclose(a.grad, a2.grad, atol=ATOL)
+    # the formula itself: a perfectly decorrelated, identical pair of views costs nothing
+    eye = torch.cat([torch.eye(4), -torch.eye(4)]) * 2.0
+    assert L.barlow_twins(eye, eye, 5e-3).item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_nt_xent_equals_lightlys():

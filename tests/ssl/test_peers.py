@@ -22,7 +22,7 @@ from fpsiam.ssl import pretrain as P
 from fpsiam.ssl.methods import METHODS
 from fpsiam.train.checkpoint import list_checkpoints, load_checkpoint
 
-PEERS = ["mocov2", "simclr", "byol", "densecl", "swav"]
+PEERS = ["mocov2", "simclr", "byol", "densecl", "swav", "barlowtwins"]
 TINY = [
     "model.backbone=resnet18", "model.init=random", "model.hidden_dim=32", "model.head_dim=16", "model.proj_dim=32",
     "model.pred_dim=8", "model.queue_size=16", "model.prototypes=12", "model.queue_start_epoch=1",
@@ -33,6 +33,7 @@ EXTRA = {
     "swav": ["data.local_crops=2", "data.local_size=16", "model.queue_size=8", "optim.name=lars"],
     "simclr": ["optim.name=lars", "optim.warmup_epochs=1"],
     "byol": ["optim.name=lars", "model.momentum=0.99"],
+    "barlowtwins": ["optim.name=lars"],
 }
 
 
@@ -129,6 +130,11 @@ DDP_SCRIPT = textwrap.dedent("""
     mine = slice(rank * n, (rank + 1) * n)
     loss = L.nt_xent(ddp(a_all[mine]), ddp(b_all[mine]), 0.1)  # global negatives, gathered with gradient
     loss.backward()
+    torch.manual_seed(1)
+    lin2 = nn.Linear(6, 6)
+    ddp2 = nn.parallel.DistributedDataParallel(lin2)
+    bt = L.barlow_twins(ddp2(a_all[mine]), ddp2(b_all[mine]), 0.1)  # the global batch's cross-correlation
+    bt.backward()
     total = loss.detach().clone(); dist.all_reduce(total); total /= world
     codes = L.sinkhorn(scores_all[mine], 0.05, 3)  # sums all-reduced: the global batch's codes
     torch.manual_seed(rank)  # shuffle BN: rows come back in order (a net without BN: exactly net(x))
@@ -138,6 +144,7 @@ DDP_SCRIPT = textwrap.dedent("""
     torch.manual_seed(5); x2 = torch.randn(n, 6)
     shuffled = shuffled_forward(bn, x2)
     out = {"loss": total.item(), "grad": lin.weight.grad.tolist(), "codes": codes.tolist(), "order": same,
+           "bt": bt.item(), "bt_grad": lin2.weight.grad.tolist(),
            "bn_differs": not torch.allclose(shuffled, bn(x2), atol=1e-4)}
     if rank == 0:
         json.dump(out, open(sys.argv[1], "w"))
@@ -162,5 +169,11 @@ def test_ddp_semantics_under_two_process_gloo(tmp_path):
     single.backward()
     assert got["loss"] == pytest.approx(single.item(), abs=1e-5)
     assert torch.allclose(torch.tensor(got["grad"]), lin.weight.grad, atol=1e-5)  # the gathered negatives' gradient
+    torch.manual_seed(1)
+    lin2 = torch.nn.Linear(6, 6)
+    single_bt = L.barlow_twins(lin2(a_all), lin2(b_all), 0.1)
+    single_bt.backward()
+    assert got["bt"] == pytest.approx(single_bt.item(), rel=1e-5)  # every process: the global batch's loss
+    assert torch.allclose(torch.tensor(got["bt_grad"]), lin2.weight.grad, atol=1e-5)  # DDP's average: the same
     assert torch.allclose(torch.tensor(got["codes"]), L.sinkhorn(scores_all, 0.05, 3)[:4], atol=1e-5)
     assert got["order"] and got["bn_differs"]

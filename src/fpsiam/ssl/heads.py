@@ -119,6 +119,19 @@ class SwAVHead(MLP):
         )  # fmt: skip
 
 
+class BarlowTwinsHead(MLP):
+    """Barlow Twins' projector (Zbontar et al. 2021): "The projector network has three linear layers, each with
+    8192 output units. The first two layers of the projector are followed by a batch normalization layer and
+    rectified linear units." Bias-free linear layers, as in its code."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 8192, out_dim: int = 8192):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim, bias=False),
+        )  # fmt: skip
+
+
 class Prototypes(nn.Linear):
     """SwAV's prototypes: "a set of K trainable prototype vectors" as a bias-free linear layer on the normalised
     projection; the vectors are re-normalised to unit length before every step (:meth:`normalize_`)."""

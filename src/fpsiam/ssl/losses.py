@@ -7,6 +7,8 @@
   (all-gathered *with* gradient, as SimCLR's global negatives are).
 - :func:`dense_contrastive`: DenseCL's dense term: each query location against the key location its backbone
   feature matches best, with a queue of dense negatives.
+- :func:`barlow_twins`: Barlow Twins' cross-correlation of the two views' projections pushed to the identity, over
+  the global batch (all-gathered with gradient).
 - :func:`swav_loss` with :func:`sinkhorn`: SwAV's swapped prediction of equipartitioned codes (the Sinkhorn sums
   all-reduced over processes, as in SwAV).
 
@@ -113,6 +115,25 @@ def dense_contrastive(
     negative = q_rows @ queue.detach().T
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=q.device))
+
+
+def barlow_twins(a: Tensor, b: Tensor, lambd: float = 5e-3, gather_distributed: bool = True) -> Tensor:
+    """Barlow Twins' loss (Zbontar et al. 2021): the projections ``a``, ``b`` [N, D] of the two views are standardised
+    along the batch as its code does (a BatchNorm without affine: mean 0, biased variance + 1e-5; the paper's
+    pseudo-code writes the unbiased std, a factor (N-1)/N on C), their cross-correlation
+    C = a_n^T b_n / N [D, D] is pushed to the identity: sum_i (1 - C_ii)^2 + lambd sum_{i != j} C_ij^2. Under DDP
+    the projections are all-gathered with gradient first, so C is the global batch's (each process computes the
+    same loss; the gathered gradients make DDP's average the single-process gradient). Computed in float32."""
+    if gather_distributed:
+        a, b = gather_with_grad(a)[0], gather_with_grad(b)[0]
+    a, b = a.float(), b.float()
+    a = F.batch_norm(a, None, None, training=True)
+    b = F.batch_norm(b, None, None, training=True)
+    c = a.T @ b / a.shape[0]
+    diagonal = torch.diagonal(c)
+    on = (diagonal - 1).pow(2).sum()
+    off = c.pow(2).sum() - diagonal.pow(2).sum()
+    return on + lambd * off
 
 
 @torch.no_grad()

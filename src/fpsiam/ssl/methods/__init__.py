@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fpsiam.config import PretrainModel
 from fpsiam.errors import FpsiamError
-from fpsiam.ssl.methods import byol, densecl, fpsiam, mocov2, simclr, simsiam, swav
+from fpsiam.ssl.methods import barlowtwins, byol, densecl, fpsiam, mocov2, simclr, simsiam, swav
 from fpsiam.ssl.methods.fpsiam import FPSiam
 from fpsiam.ssl.methods.simsiam import SimSiam
 
@@ -37,6 +37,7 @@ METHODS: dict[str, Callable[[PretrainModel], nn.Module]] = {
     "byol": byol.build,
     "densecl": densecl.build,
     "swav": swav.build,
+    "barlowtwins": barlowtwins.build,
 }
 
 
