@@ -19,7 +19,7 @@ if [ -z "${TRAIN:-}" ]; then
   kvasir_json
   TRAIN=data/kvasir/train.json
 fi
-METHODS=(fpsiam simsiam mocov2 simclr byol densecl swav)
+METHODS=(fpsiam simsiam mocov2 simclr byol densecl swav barlowtwins)
 [ $# -gt 0 ] && METHODS=("$@")
 mkdir -p "$OUT"
 for method in "${METHODS[@]}"; do

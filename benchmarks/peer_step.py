@@ -1,6 +1,6 @@
 """SSL training-step time of our peer methods against the same methods built from lightly, measured alternately.
 
-For each peer method (mocov2, simclr, byol, densecl, swav) one training step of OUR module
+For each peer method (mocov2, simclr, byol, densecl, swav, barlowtwins) one training step of OUR module
 (``build_method`` on the model keys of the ``<method>_r18_cpu`` preset, backbone from ``--arch``, MoCo / DenseCL
 queue from ``--queue``) is timed against the same method written the way lightly 1.6's examples write it, with
 lightly's own heads, losses and momentum utilities:
@@ -13,6 +13,7 @@ lightly's own heads, losses and momentum utilities:
 - densecl: lightly's DenseCL example: ``DenseCLProjectionHead`` for the global term (on the pooled C5) and for the
   local term (per location of the C5 map), momentum copies, one ``NTXentLoss`` with a memory bank for each term,
   key locations matched by backbone-feature similarity (``select_most_similar``).
+- barlowtwins: ``BarlowTwinsProjectionHead`` + ``BarlowTwinsLoss`` (each view through the network on its own).
 - swav: ``SwaVProjectionHead`` + ``SwaVPrototypes`` (``normalize()`` before every step) + ``SwaVLoss``, with 2
   crops at ``--size`` and ``--local-crops`` crops at ``--local-size``, each crop through the network on its own
   (lightly's example). Prototypes trained from the first step on both sides (ours: ``freeze_prototypes_steps=0``,
@@ -65,8 +66,9 @@ from ssl_step import alternate, cpu_model, lightly_simsiam  # noqa: E402
 
 try:
     import lightly
-    from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
+    from lightly.loss import BarlowTwinsLoss, NegativeCosineSimilarity, NTXentLoss, SwaVLoss
     from lightly.models.modules import (
+        BarlowTwinsProjectionHead,
         BYOLPredictionHead,
         BYOLProjectionHead,
         DenseCLProjectionHead,
@@ -80,7 +82,7 @@ try:
 except ImportError:
     lightly = None
 
-PEERS = ("mocov2", "simclr", "byol", "densecl", "swav")
+PEERS = ("mocov2", "simclr", "byol", "densecl", "swav", "barlowtwins")
 NOMINAL_STEPS = 1000  # the run length the momentum schedules (BYOL) are evaluated against
 
 
@@ -220,12 +222,26 @@ class LightlySwaV(nn.Module):
         return {"loss": self.criterion(scores[:2], scores[2:])}
 
 
+class LightlyBarlowTwins(nn.Module):
+    def __init__(self, arch: str, cfg: PretrainModel):
+        super().__init__()
+        self.backbone, dim = resnet(arch)
+        self.projection_head = BarlowTwinsProjectionHead(dim, cfg.hidden_dim, cfg.head_dim)
+        self.criterion = BarlowTwinsLoss()
+
+    def forward(self, x0: Tensor, x1: Tensor) -> dict[str, Tensor]:
+        z0 = self.projection_head(self.backbone(x0).flatten(start_dim=1))
+        z1 = self.projection_head(self.backbone(x1).flatten(start_dim=1))
+        return {"loss": self.criterion(z0, z1)}
+
+
 LIGHTLY: dict[str, Callable[[str, PretrainModel], nn.Module]] = {
     "mocov2": LightlyMoCo,
     "simclr": LightlySimCLR,
     "byol": LightlyBYOL,
     "densecl": LightlyDenseCL,
     "swav": LightlySwaV,
+    "barlowtwins": LightlyBarlowTwins,
 }
 
 
