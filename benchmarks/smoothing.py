@@ -30,6 +30,11 @@ from fpsiam.experiment import machine_description
 SETTINGS = {
     "raw": None,
     "k1/n1, hold 0 (tracking only)": TrackConfig(k=1, n=1, hold=0),
+    "k2/n2, hold 0": TrackConfig(k=2, n=2, hold=0),
+    "k2/n3, hold 0": TrackConfig(k=2, n=3, hold=0),
+    "k3/n3, hold 0": TrackConfig(k=3, n=3, hold=0),
+    "k3/n5, hold 0": TrackConfig(k=3, n=5, hold=0),
+    "k2/n3, hold 1": TrackConfig(k=2, n=3, hold=1),
     "k2/n3, hold 3": TrackConfig(k=2, n=3, hold=3),
     "k3/n5, hold 5 (default)": TrackConfig(k=3, n=5, hold=5),
     "k4/n6, hold 8": TrackConfig(k=4, n=6, hold=8),

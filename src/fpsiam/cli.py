@@ -17,6 +17,7 @@ from fpsiam import __version__
 from fpsiam.backbones import ARCHS
 from fpsiam.data.cocojson import ALLOW_OUTSIDE_ROOT_ENV
 from fpsiam.data.convert import FORMATS
+from fpsiam.detect.track import TrackConfig
 from fpsiam.errors import FpsiamError
 
 # ---------------------------------------------------------------------------------------------- data
@@ -320,7 +321,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or (action.option_strings == [])
+        ):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
         return f"{text} (default: {shown})"
@@ -601,14 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=None,
                    help="report boxes scoring at least this (default: the model file's, 0.5 unless set)")  # fmt: skip
     p.add_argument("--smooth", action="store_true",
-                   help="video: track boxes over frames and report a polyp after k of n frames, held through short "
-                   "dropouts (temporal smoothing against flicker)")  # fmt: skip
-    p.add_argument("--track-iou", type=float, default=0.3, help="--smooth: IoU that continues a track (0.3)")
-    p.add_argument("--track-k", type=int, default=3, help="--smooth: matched in k ... (3)")
-    p.add_argument("--track-n", type=int, default=5, help="--smooth: ... of the last n frames before reported (5)")
-    p.add_argument(
-        "--track-hold", type=int, default=5, help="--smooth: frames a reported polyp is held when missed (5)"
-    )
+                   help="video: track boxes over frames and report a polyp once found in k of n frames (temporal "
+                   "smoothing against flicker)")  # fmt: skip
+    track = TrackConfig()  # the defaults live there (chosen by measurement: benchmarks/README.md)
+    p.add_argument("--track-iou", type=float, default=track.iou, help="--smooth: IoU that continues a track")
+    p.add_argument("--track-k", type=int, default=track.k, help="--smooth: matched in k ...")
+    p.add_argument("--track-n", type=int, default=track.n, help="--smooth: ... of the last n frames before reported")
+    p.add_argument("--track-hold", type=int, default=track.hold,
+                   help="--smooth: frames a reported polyp is still reported when missed")  # fmt: skip
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "torchscript"], default="auto",
                    help="auto: by the model file's type")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

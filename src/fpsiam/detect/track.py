@@ -44,9 +44,11 @@ class TrackConfig:
     """Tracker settings (see the module docstring); the defaults suit 25-30 fps colonoscopy."""
 
     iou: float = 0.3  # minimum IoU between a track's last box and a detection to match them
-    k: int = 3  # switch on: matched in at least k ...
-    n: int = 5  # ... of the last n frames
-    hold: int = 5  # switch off: still reported through up to `hold` consecutive missed frames
+    # k 2 of n 3, no hold: measured on video (benchmarks/README.md, "Temporal smoothing"), a third fewer false
+    # alarms per frame for half a frame of median delay; a hold only lengthened the false tracks there.
+    k: int = 2  # switch on: matched in at least k ...
+    n: int = 3  # ... of the last n frames
+    hold: int = 0  # switch off: still reported through up to `hold` consecutive missed frames
     score_threshold: float | None = None  # detections below are ignored by the tracker (None: all it is given)
     smoothing: float = 0.5  # EMA factor of the reported score (0: the last matched score)
     matcher: str = "hungarian"  # or "greedy"
