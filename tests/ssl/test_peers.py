@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fpsiam.config import PretrainConfig, load_config
 from fpsiam.errors import FpsiamError
 from fpsiam.ssl import pretrain as P
 from fpsiam.ssl.methods import METHODS
-from fpsiam.train.checkpoint import list_checkpoints, load_checkpoint
 
 PEERS = ["mocov2", "simclr", "byol", "densecl", "swav", "barlowtwins"]
 TINY = [
@@ -35,15 +33,6 @@ EXTRA = {
     "byol": ["optim.name=lars", "model.momentum=0.99"],
     "barlowtwins": ["optim.name=lars"],
 }
-
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("frames")
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(root / f"{i:04d}.jpg")
-    return root
 
 
 def cfg_for(frames: Path, method: str, *extra: str) -> PretrainConfig:
@@ -77,25 +66,9 @@ def test_trains_and_its_state_moves(frames, tmp_path, method):
 
 
 @pytest.mark.parametrize("method", ["mocov2", "byol", "swav"])
-def test_kill_and_resume_equals_uninterrupted(frames, tmp_path, monkeypatch, method):
+def test_kill_and_resume_equals_uninterrupted(frames, kill_and_resume, method):
     extra = ("train.checkpoint_steps=1", "train.keep_last=10")
-    P.pretrain(cfg_for(frames, method, *extra), tmp_path / "straight")
-    reference = load_checkpoint(list_checkpoints(tmp_path / "straight")[-1])["model"]
-    real = P.PretrainTask.after_step
-    calls = {"n": 0}
-
-    def dying(self, engine):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, engine)
-
-    monkeypatch.setattr(P.PretrainTask, "after_step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        P.pretrain(cfg_for(frames, method, *extra), tmp_path / "killed")
-    monkeypatch.setattr(P.PretrainTask, "after_step", real)
-    P.pretrain(cfg_for(frames, method, *extra), tmp_path / "killed", resume=True)
-    resumed = load_checkpoint(list_checkpoints(tmp_path / "killed")[-1])["model"]
+    reference, resumed = kill_and_resume(lambda: cfg_for(frames, method, *extra))
     assert resumed.keys() == reference.keys()  # queues, momentum encoders, prototypes included
     for k in reference:
         assert torch.equal(resumed[k], reference[k]), k

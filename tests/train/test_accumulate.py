@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from fpsiam.config import PretrainConfig, load_config
 from fpsiam.errors import FpsiamError
 from fpsiam.ssl import pretrain as P
-from fpsiam.train.checkpoint import list_checkpoints, load_checkpoint
 from fpsiam.train.distributed import DistEnv
 from fpsiam.train.loop import Engine, LoopSettings, Task, split_batch
 
@@ -75,15 +73,6 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("frames")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(root / f"{i:04d}.jpg")
-    return root
-
-
 def cfg(frames: Path, *extra: str) -> PretrainConfig:
     return load_config(PretrainConfig, None, [*TINY, f"data.source={frames}", *extra])
 
@@ -103,24 +92,9 @@ def test_queues_fill_per_micro_batch(frames, tmp_path):
     assert int(result.model.queue.ptr) == 2 * 2 * 2  # 2 steps x 2 micro-batches x 2 keys
 
 
-def test_accumulation_survives_a_kill_exactly(frames, tmp_path, monkeypatch):
+def test_accumulation_survives_a_kill_exactly(frames, kill_and_resume):
     extra = ("model.method=byol", "train.accumulate=2", "train.checkpoint_steps=1", "train.keep_last=10")
-    P.pretrain(cfg(frames, *extra), tmp_path / "straight")
-    reference = load_checkpoint(list_checkpoints(tmp_path / "straight")[-1])["model"]
-    real, calls = P.PretrainTask.after_step, {"n": 0}
-
-    def dying(self, engine):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, engine)
-
-    monkeypatch.setattr(P.PretrainTask, "after_step", dying)
-    with pytest.raises(KeyboardInterrupt):
-        P.pretrain(cfg(frames, *extra), tmp_path / "killed")
-    monkeypatch.setattr(P.PretrainTask, "after_step", real)
-    P.pretrain(cfg(frames, *extra), tmp_path / "killed", resume=True)
-    resumed = load_checkpoint(list_checkpoints(tmp_path / "killed")[-1])["model"]
+    reference, resumed = kill_and_resume(lambda: cfg(frames, *extra))
     for k in reference:
         assert torch.equal(resumed[k], reference[k]), k
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import fpsiam
 from fpsiam.config import PretrainConfig, load_config
@@ -18,15 +16,6 @@ TINY = [
     "model.pyramid_channels=16", "data.size=32", "data.workers=0", "train.batch_size=4", "train.epochs=1",
     "train.max_steps_per_epoch=2", "train.progress=true", "train.amp=none", "train.seed=3",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    root = tmp_path_factory.mktemp("frames")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(root / f"{i:04d}.jpg")
-    return root
 
 
 def test_run_json_sessions_and_log_txt(frames, tmp_path, capsys, monkeypatch):

@@ -9,10 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fpsiam.cli import main
 from fpsiam.config import PretrainConfig, load_config
@@ -28,15 +26,6 @@ TINY = [
     "model.pyramid_channels=16", "data.size=32", "data.workers=0", "train.batch_size=4", "train.epochs=2",
     "train.max_steps_per_epoch=2", "train.log_every=1", "train.progress=false", "train.amp=none",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def frames(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("frames")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(root / f"{i:04d}.jpg")
-    return root
 
 
 def cfg(frames: Path, *extra: str) -> PretrainConfig:
