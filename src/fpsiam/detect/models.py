@@ -80,14 +80,13 @@ from torchvision.ops.poolers import (
     _setup_scales,
 )
 
-from fpsiam.backbones import BACKBONES, build_resnet
+from fpsiam.backbones import build_resnet, check_backbone
 from fpsiam.backbones import channels as stage_channels
 from fpsiam.errors import FpsiamError
 from fpsiam.fileio import atomic_path
 
 BoxLoss = Literal["smooth_l1", "l1"]
 
-ARCHS = tuple(BACKBONES)
 
 # Input normalisation of the recipe (docs/detection.md): LDPolypVideo statistics on 0-255 RGB, divided by 255
 # for torchvision's 0-1 images.
@@ -181,8 +180,7 @@ class DetectorSpec:
 
     def check(self) -> None:
         check_detector(self.kind, "detector kind")
-        if self.arch not in ARCHS:
-            raise FpsiamError(f"backbone arch '{self.arch}': expected one of {', '.join(ARCHS)}")
+        check_backbone(self.arch, "backbone arch")
         if self.box_loss not in ("smooth_l1", "l1"):
             raise FpsiamError(f"box_loss '{self.box_loss}': expected 'l1' or 'smooth_l1'")
         if self.num_classes < 2:
