@@ -242,3 +242,30 @@ def test_transfer_overrides_apply_to_pretrained_arms_only(synth, tmp_path):
     assert (got["mine"].optim.backbone_lr_mult, got["mine"].model.precise_bn) == (0.5, 2)
     with pytest.raises(FpsiamError, match="transfer entry"):
         check_config(tiny(synth, "transfer=[optim.nope=1]"), "cfg.yaml")
+
+
+def test_eta_weights_stages_by_kind(monkeypatch):
+    """The ETA sums each stage left at the mean time of its own kind: pretrainings don't inflate fine-tunes."""
+    from fpsiam import experiment
+
+    clock = iter([0.0, 0, 100, 100, 200, 200, 210, 210, 220, 220, 240])  # seconds at each begin/end
+    monkeypatch.setattr(experiment.time, "perf_counter", lambda: next(clock))
+    lines: list[str] = []
+    plan = [("pretrain",)] * 2 + [("finetune", 0.1)] * 2 + [("finetune", 1.0)] * 2
+    s = experiment.Stages(plan, lines.append)
+    assert s.total == 6
+    s.begin("p1", plan[0])
+    assert s.eta() is None and lines[-1].endswith("eta ?)")
+    s.end(ran=True)  # 100 s
+    s.begin("p2", plan[1])
+    assert s.eta() == 500  # only pretrainings timed: this stage and the 4 left at their mean
+    s.end(ran=True)  # 100 s
+    s.begin("f1", plan[2])
+    s.end(ran=True)  # 10 s
+    s.begin("f2", plan[3])
+    # this stage at its kind's 10 s; the two 100 % fine-tunes, not yet timed, at the fine-tune mean (10 s)
+    assert s.eta() == 30
+    s.end(ran=True)
+    s.skip()  # an arm that cannot run: counted, not timed
+    s.begin("f4", plan[5])
+    assert s.done == 6 and s.eta() == 10 and "stage 6 of 6" in lines[-1]

@@ -130,28 +130,51 @@ def imagenet_weights(cfg: ExperimentConfig) -> tuple[str | None, str | None]:
 class Stages:
     """Counts the study's stages and prints "stage k of N" with the elapsed time and an ETA before each.
 
-    The ETA is the mean time of the stages that actually ran in this session (skipped ones cost nothing) times
-    the stages left.
+    Stages differ in kind and cost (a pretraining takes an hour, a fine-tune on 10 % of the labels minutes), so
+    each stage has a kind, e.g. ``("pretrain",)`` or ``("finetune", 0.25)``. The ETA sums, over the stages left,
+    the mean time of the stages of the same kind that actually ran in this session (skipped ones cost nothing);
+    a kind not yet timed takes the mean of its first word (``finetune``), else of every stage that ran.
     """
 
-    def __init__(self, total: int, log):
-        self.total, self.log = total, log
+    def __init__(self, plan: list[tuple] | None = None, log=print):
+        self.plan: list[tuple] = list(plan or [])
+        self.log = log
         self.done = 0
         self.started = time.perf_counter()
-        self.ran: list[float] = []
+        self.ran: dict[tuple, list[float]] = {}
         self._t0 = self.started
+        self._kind: tuple = ()
 
-    def begin(self, what: str) -> None:
+    @property
+    def total(self) -> int:
+        return len(self.plan)
+
+    def eta(self) -> float | None:
+        """Seconds for the stages not yet begun plus the current one, or None before any stage ran."""
+        every = [t for times in self.ran.values() for t in times]
+        if not every:
+            return None
+
+        def mean(kind: tuple) -> float:
+            same = self.ran.get(kind) or [t for k, ts in self.ran.items() if k[:1] == kind[:1] for t in ts]
+            return statistics.fmean(same or every)
+
+        return sum(mean(kind) for kind in self.plan[self.done - 1 :])
+
+    def begin(self, what: str, kind: tuple = ()) -> None:
         self.done += 1
-        self._t0 = time.perf_counter()
-        left = self.total - self.done + 1
-        eta = _hms(statistics.fmean(self.ran) * left) if self.ran else "?"
+        self._t0, self._kind = time.perf_counter(), kind
+        eta = self.eta()
         self.log(f"== stage {self.done} of {self.total}: {what} (elapsed {_hms(self._t0 - self.started)}, "
-                 f"eta {eta})")  # fmt: skip
+                 f"eta {'?' if eta is None else _hms(eta)})")  # fmt: skip
+
+    def skip(self) -> None:
+        """A stage that cannot run (its arm is skipped or its pretraining failed): counted, not timed."""
+        self.done += 1
 
     def end(self, ran: bool) -> None:
         if ran:
-            self.ran.append(time.perf_counter() - self._t0)
+            self.ran.setdefault(self._kind, []).append(time.perf_counter() - self._t0)
 
 
 def _hms(seconds: float) -> str:
@@ -165,7 +188,7 @@ class Experiment:
     def __init__(self, cfg: ExperimentConfig, out: Path, env: D.DistEnv, command: str = ""):
         self.cfg, self.out, self.env, self.command = cfg, Path(out), env, command
         self.log = print if env.is_main else (lambda *a, **k: None)
-        self.stages = Stages(0, self.log)
+        self.stages = Stages(log=self.log)
 
     def prune(self, run: Path) -> None:
         """Delete a finished stage's resume checkpoints unless ``keep_checkpoints``: its weights files stay.
@@ -186,7 +209,7 @@ class Experiment:
         run = self.out / "pretrain" / method
         folder = R.RunFolder(run)
         entry: dict[str, Any] = {"run_dir": str(run.relative_to(self.out))}
-        self.stages.begin(f"pretrain {method}")
+        self.stages.begin(f"pretrain {method}", ("pretrain",))
         if folder.has(R.SUMMARY):
             self.log(f"[pretrain {method}] done before; skipping")
             self.stages.end(ran=False)
@@ -258,7 +281,7 @@ class Experiment:
             "run_dir": str(run.relative_to(self.out)),
         }
         folder = R.RunFolder(run)
-        self.stages.begin(f"{arm} {detector} seed {seed}, {100 * labels:g} % of the labels")
+        self.stages.begin(f"{arm} {detector} seed {seed}, {100 * labels:g} % of the labels", ("finetune", labels))
         try:
             if folder.has(R.RESULTS):
                 self.log(f"[{arm} {detector} seed {seed}] trained before; skipping")
@@ -373,9 +396,10 @@ class Experiment:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / R.CONFIG)
         arm_count = len(cfg.inits) + len(cfg.methods) + len(cfg.weights)
-        self.stages.total = len(cfg.methods) + arm_count * len(cfg.detectors) * len(cfg.seeds) * len(
-            cfg.label_fractions
-        )
+        self.stages.plan = [("pretrain",)] * len(cfg.methods) + [
+            ("finetune", labels) for _ in cfg.seeds for labels in sorted(cfg.label_fractions)
+            for _ in range(arm_count * len(cfg.detectors))
+        ]  # fmt: skip
         pretrain = {m: self.pretrain(m) for m in cfg.methods}
 
         arms: list[tuple[str, str, str | None, str | None]] = []  # (name, backbone, weights_file, skip reason)
@@ -404,6 +428,7 @@ class Experiment:
                 for name, backbone, weights_file, skip in arms:
                     for detector in cfg.detectors:
                         if skip:
+                            self.stages.skip()
                             status = "failed" if skip.startswith("pretraining failed") else "skipped"
                             entry = {"arm": name, "detector": detector, "seed": seed, "labels": labels,
                                      "status": status, "reason": skip}  # fmt: skip
