@@ -130,7 +130,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from fpsiam.fileio import write_json
 
     cfg = ProbeConfig(ann=args.ann, images=args.images, test=args.test, holdout=args.holdout, mode=args.mode,
-                      size=args.size, seeds=list(args.seeds), bn=args.bn)  # fmt: skip
+                      size=args.size, seeds=list(args.seeds), bn=args.bn, level=args.level)  # fmt: skip
     for key in ("holdout", "size"):  # the config's own ranges
         _check_range(key, getattr(cfg, key), "fpsiam probe", f"--{key}")
     out = Path(args.output) if args.output else None
@@ -511,10 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
         "probe",
         help="frozen-backbone linear + kNN probe: polyp vs mucosa crops (did pretraining learn anything?)",
         description="Score frozen backbones with a linear (logistic regression) and a kNN-20 probe of their pooled "
-        "C5 features: polyp crops vs mucosa crops of a COCO json with boxes (or whole frames with vs without "
-        "boxes, --mode frames). The held-out part is --test; without it ANN is cross-validated in folds of whole "
-        "videos (each --holdout of it), so every example is scored once. Each seed redraws the mucosa crops and the "
-        "folds; the table gives mean +- std over seeds.",
+        "C5 (or --level C2..C4) features: polyp crops vs mucosa crops of a COCO json with boxes (or whole frames "
+        "with vs without boxes, --mode frames). The held-out part is --test; without it ANN is cross-validated "
+        "in folds of whole videos (each --holdout of it), so every example is scored once. Each seed redraws the "
+        "mucosa crops and the folds; the table gives mean +- std over seeds.",
         epilog="example: fpsiam probe random runs/fpsiam_synth fpsiam=runs/fpsiam_synth/backbone.safetensors "
         "--ann data/synth/split/train.json --arch resnet18 -o probe.json",
     )
@@ -532,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --test: the fraction each fold holds out (0.25: 4 folds)")  # fmt: skip
     p.add_argument("--size", type=int, default=128, help="examples resized to SIZE x SIZE (128)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds (0 1 2)")
+    p.add_argument("--level", choices=["c2", "c3", "c4", "c5"], default="c5",
+                   help="the pooled ResNet stage probed: c5 (default, what a classifier sees) or c2..c4 (what a "
+                   "detector's FPN also reads)")  # fmt: skip
     p.add_argument("--arch", choices=ARCHS,
                    help="architecture of random/imagenet; weights files must match it (default: each file's own; "
                    "random/imagenet resnet50)")  # fmt: skip

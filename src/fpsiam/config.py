@@ -162,6 +162,7 @@ class ProbeConfig:
     holdout: float = 0.25  # without a test json: each fold holds out this fraction (0.25: 4 folds)
     mode: Literal["crops", "frames"] = "crops"  # polyp vs mucosa crops, or whole frames with vs without boxes
     size: int = 128  # examples resized to size x size
+    level: Literal["c2", "c3", "c4", "c5"] = "c5"  # the pooled ResNet stage probed (C5: what a classifier sees)
     bn: Literal["data", "own"] = "data"  # data: BN statistics re-estimated on the probe's train part (precise BN)
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])  # each redraws mucosa patches + the folds
     every: int = 5  # during pretraining: probe before the first epoch, every n epochs and after the last

@@ -14,7 +14,17 @@ from fpsiam.data.cocojson import load_coco, save_coco
 from fpsiam.data.synthetic import SynthOptions, generate
 from fpsiam.errors import FpsiamError
 from fpsiam.ssl.encoders import build_resnet
-from fpsiam.ssl.probe import Probe, folds, knn_probe, linear_probe, markdown_table, read_examples, run_probe
+from fpsiam.ssl.probe import (
+    Probe,
+    features,
+    folds,
+    knn_probe,
+    linear_probe,
+    markdown_table,
+    normalise,
+    read_examples,
+    run_probe,
+)
 from fpsiam.weights import save_backbone
 
 
@@ -67,6 +77,17 @@ def test_probe_bn_data_leaves_the_callers_statistics(synth):
     assert net.training  # mode restored
 
 
+def test_features_pool_the_chosen_stage():
+    """Each level pools its own ResNet stage (C2..C5: 64..512 channels for R18); C5 is the backbone's own output."""
+    net = build_resnet("resnet18").eval()
+    x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    dims = [features(net, x, [0.5] * 3, [0.25] * 3, level).shape for level in ("c2", "c3", "c4", "c5")]
+    assert dims == [(3, 64), (3, 128), (3, 256), (3, 512)]
+    with torch.no_grad():
+        whole = net(normalise(x, [0.5] * 3, [0.25] * 3, torch.device("cpu"))).flatten(1)
+    torch.testing.assert_close(features(net, x, [0.5] * 3, [0.25] * 3), whole)
+
+
 def test_run_probe_names_files_and_checks_arch(synth, tmp_path):
     r18 = save_backbone(build_resnet("resnet18").state_dict(), tmp_path / "r18.safetensors")[0]
     rows = run_probe(ProbeConfig(ann=str(synth), size=32, seeds=[0]), ["random", f"mine={r18}"], arch="resnet18")
@@ -79,10 +100,11 @@ def test_run_probe_names_files_and_checks_arch(synth, tmp_path):
 def test_cli_probe_writes_json(synth, tmp_path, capsys):
     out = tmp_path / "probe.json"
     rc = main(["probe", "random", "--ann", str(synth), "--arch", "resnet18", "--size", "32", "--seeds", "0", "1",
-               "-o", str(out)])  # fmt: skip
+               "--level", "c3", "-o", str(out)])  # fmt: skip
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["rows"][0]["backbone"] == "random" and len(data["rows"][0]["seeds"]) == 2
+    assert data["probe"]["level"] == "c3"
     assert "| random |" in capsys.readouterr().out
 
 

@@ -1,8 +1,9 @@
 """Did pretraining learn polyp features? A frozen-backbone linear + kNN probe (``fpsiam probe``).
 
 The collapse monitor says whether the embedding is alive; the probe says whether it is *useful*: a self-
-supervised backbone is frozen (eval mode), its global-average-pooled C5 vector is taken for labeled
-examples, and two cheap classifiers are fit on one part and scored on another:
+supervised backbone is frozen (eval mode), its global-average-pooled C5 vector (or C2..C4, ``level``: the
+stages a detector's FPN reads) is taken for labeled examples, and two cheap classifiers are fit on one part
+and scored on another:
 
 - **linear**: L2-regularised logistic regression (L-BFGS) on standardised features;
 - **kNN-20**: cosine similarity to the train examples, majority of the 20 nearest.
@@ -47,6 +48,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from fpsiam.config import LDPOLYPVIDEO_MEAN, LDPOLYPVIDEO_STD, ProbeConfig
 from fpsiam.errors import FpsiamError
+from fpsiam.ssl.encoders import resnet_stages
 from fpsiam.train.precise_bn import precise_bn
 
 BATCH = 64
@@ -179,15 +181,23 @@ def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float], device: to
     return (x.to(device).float().div_(255) - m) / s
 
 
+LEVELS = ("c2", "c3", "c4", "c5")
+
+
 @torch.inference_mode()
-def features(backbone: nn.Module, x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Pooled C5 features of uint8 images [N, 3, S, S] through a frozen backbone (eval mode, restored after)."""
+def features(backbone: nn.Module, x: Tensor, mean: Sequence[float], std: Sequence[float], level: str = "c5") -> Tensor:
+    """Pooled ``level`` (C2..C5) features of uint8 images [N, 3, S, S] through a frozen ResNet (eval mode, restored
+    after). C3..C5 are what a RetinaNet's FPN reads, C2 what FPSiam's local branch adds; C5 is what a classifier
+    sees."""
+    stage = LEVELS.index(level)
     device = next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
     try:
-        out = [backbone(normalise(x[i : i + BATCH], mean, std, device)).flatten(1).float().cpu()
-               for i in range(0, len(x), BATCH)]  # fmt: skip
+        out = []
+        for i in range(0, len(x), BATCH):
+            c = resnet_stages(backbone, normalise(x[i : i + BATCH], mean, std, device))[stage]
+            out.append(F.adaptive_avg_pool2d(c, 1).flatten(1).float().cpu())
         return torch.cat(out)
     finally:
         backbone.train(was_training)
@@ -283,7 +293,7 @@ class Probe:
                 fit = x[: len(splits[0][0])] if self.test is not None else x  # the train json's examples only
                 precise_bn(net, (normalise(fit[i : i + BATCH], self.mean, self.std, device)
                                  for i in range(0, len(fit), BATCH)))  # fmt: skip
-            f = features(net, x, self.mean, self.std)
+            f = features(net, x, self.mean, self.std, self.cfg.level)
             right = {"linear": 0.0, "knn": 0.0}
             for tr, te in splits:
                 args = (f[tr], y[tr], f[te], y[te])
