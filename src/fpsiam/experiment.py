@@ -133,7 +133,8 @@ class Stages:
     Stages differ in kind and cost (a pretraining takes an hour, a fine-tune on 10 % of the labels minutes), so
     each stage has a kind, e.g. ``("pretrain",)`` or ``("finetune", 0.25)``. The ETA sums, over the stages left,
     the mean time of the stages of the same kind that actually ran in this session (skipped ones cost nothing);
-    a kind not yet timed takes the mean of its first word (``finetune``), else of every stage that ran.
+    a kind not yet timed takes the mean of its first word (``finetune``), else of every stage that ran. The
+    fine-tune stages of arms that cannot run (no ImageNet weights, a failed pretraining) leave the plan once known.
     """
 
     def __init__(self, plan: list[tuple] | None = None, log=print):
@@ -167,10 +168,6 @@ class Stages:
         eta = self.eta()
         self.log(f"== stage {self.done} of {self.total}: {what} (elapsed {_hms(self._t0 - self.started)}, "
                  f"eta {'?' if eta is None else _hms(eta)})")  # fmt: skip
-
-    def skip(self) -> None:
-        """A stage that cannot run (its arm is skipped or its pretraining failed): counted, not timed."""
-        self.done += 1
 
     def end(self, ran: bool) -> None:
         if ran:
@@ -419,6 +416,11 @@ class Experiment:
             if probe_rows:
                 pretrain[name] = {"status": "done", "external": True, "curve": probe_rows, "run_dir": None}
 
+        # the fine-tune stages, now that the arms that cannot run (no ImageNet weights, a failed pretraining) are known
+        self.stages.plan[len(cfg.methods) :] = [
+            ("finetune", labels) for _ in cfg.seeds for labels in sorted(cfg.label_fractions)
+            for *_, skip in arms if not skip for _ in cfg.detectors
+        ]  # fmt: skip
         # Seed-major order (then fewest labels first): a study stopped early (or still running) has every arm at
         # the seeds done so far.
         fractions = sorted(cfg.label_fractions)
@@ -428,7 +430,6 @@ class Experiment:
                 for name, backbone, weights_file, skip in arms:
                     for detector in cfg.detectors:
                         if skip:
-                            self.stages.skip()
                             status = "failed" if skip.startswith("pretraining failed") else "skipped"
                             entry = {"arm": name, "detector": detector, "seed": seed, "labels": labels,
                                      "status": status, "reason": skip}  # fmt: skip
