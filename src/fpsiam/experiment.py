@@ -392,11 +392,16 @@ class Experiment:
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / R.CONFIG)
-        arm_count = len(cfg.inits) + len(cfg.methods) + len(cfg.weights)
-        self.stages.plan = [("pretrain",)] * len(cfg.methods) + [
-            ("finetune", labels) for _ in cfg.seeds for labels in sorted(cfg.label_fractions)
-            for _ in range(arm_count * len(cfg.detectors))
-        ]  # fmt: skip
+        fractions = sorted(cfg.label_fractions)
+
+        def finetunes(arm_count: int) -> list[tuple]:  # the fine-tune stages' kinds, in the order they run
+            return [
+                ("finetune", f) for _ in cfg.seeds for f in fractions for _ in range(arm_count * len(cfg.detectors))
+            ]
+
+        self.stages.plan = [("pretrain",)] * len(cfg.methods) + finetunes(
+            len(cfg.inits) + len(cfg.methods) + len(cfg.weights)
+        )
         pretrain = {m: self.pretrain(m) for m in cfg.methods}
 
         arms: list[tuple[str, str, str | None, str | None]] = []  # (name, backbone, weights_file, skip reason)
@@ -417,13 +422,9 @@ class Experiment:
                 pretrain[name] = {"status": "done", "external": True, "curve": probe_rows, "run_dir": None}
 
         # the fine-tune stages, now that the arms that cannot run (no ImageNet weights, a failed pretraining) are known
-        self.stages.plan[len(cfg.methods) :] = [
-            ("finetune", labels) for _ in cfg.seeds for labels in sorted(cfg.label_fractions)
-            for *_, skip in arms if not skip for _ in cfg.detectors
-        ]  # fmt: skip
+        self.stages.plan[len(cfg.methods) :] = finetunes(sum(not skip for *_, skip in arms))
         # Seed-major order (then fewest labels first): a study stopped early (or still running) has every arm at
         # the seeds done so far.
-        fractions = sorted(cfg.label_fractions)
         by_key: dict[tuple[str, str, float, int], dict[str, Any]] = {}
         for seed in cfg.seeds:
             for labels in fractions:

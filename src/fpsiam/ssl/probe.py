@@ -181,15 +181,12 @@ def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float], device: to
     return (x.to(device).float().div_(255) - m) / s
 
 
-LEVELS = ("c2", "c3", "c4", "c5")
-
-
 @torch.inference_mode()
 def features(backbone: nn.Module, x: Tensor, mean: Sequence[float], std: Sequence[float], level: str = "c5") -> Tensor:
     """Pooled ``level`` (C2..C5) features of uint8 images [N, 3, S, S] through a frozen ResNet (eval mode, restored
     after). C3..C5 are what a RetinaNet's FPN reads, C2 what FPSiam's local branch adds; C5 is what a classifier
     sees."""
-    stage = LEVELS.index(level)
+    stage = int(level[1]) - 2  # resnet_stages gives [C2, C3, C4, C5]
     device = next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
