@@ -270,7 +270,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     src = Path(args.results)
     results = check_results(read_json(src, "the results.json an experiment wrote"), str(src))
     html = Path(args.output) if args.output else src.with_name("report.html")
-    md = Path(args.markdown) if args.markdown else src.with_name("table.md")
+    md = Path(args.markdown) if args.markdown else html.with_name("table.md")  # beside the report: -o keeps both out
     try:  # a hand-edited or foreign results.json: values of the wrong type surface here
         text = markdown_report(results)
         write_report(results, html)
@@ -683,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", help="results.json written by fpsiam experiment / fpsiam demo")
     p.add_argument("-o", "--output", help="report.html to write (default: beside results.json)")
-    p.add_argument("--markdown", help="Markdown table to write (default: table.md beside results.json)")
+    p.add_argument("--markdown", help="Markdown table to write (default: table.md beside the report)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

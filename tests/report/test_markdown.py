@@ -54,6 +54,11 @@ def test_report_command_rebuilds_html_and_table(tmp_path, capsys):
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert (tmp_path / "table.md").read_text() == markdown_report(results)
     assert "**24.3 ± 1.2**" in capsys.readouterr().out
+    # -o elsewhere: table.md and the plot go with the report, nothing new lands beside results.json
+    (tmp_path / "table.md").unlink()
+    assert main(["report", str(src), "-o", str(tmp_path / "out" / "report.html")]) == 0
+    assert (tmp_path / "out" / "table.md").read_text() == markdown_report(results)
+    assert not (tmp_path / "table.md").exists()
 
 
 @pytest.mark.parametrize(
