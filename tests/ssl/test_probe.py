@@ -129,3 +129,17 @@ def test_cli_probe_bad_input(synth, tmp_path, capsys):
     _bad(["probe", "random", "--ann", str(synth), "--holdout", "1.5"], capsys, "--holdout")
     _bad(["probe", "random", "--ann", str(synth), "-o", str(tmp_path / "nope" / "p.json")], capsys, "nope")
     assert not (tmp_path / "nope").exists()
+
+
+def test_bad_level_is_one_clear_error(tmp_path, capsys):
+    """A stage that is not C2..C5 stops at the config key or the flag, before any backbone is built."""
+    from fpsiam.config import PretrainConfig, load_config
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("probe:\n  level: c9\n")
+    with pytest.raises(FpsiamError, match=r"probe\.level.*'c9'") as e:
+        load_config(PretrainConfig, p)
+    assert str(p) in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "random", "--ann", "x.json", "--level", "c9"])
+    assert e.value.code == 2 and "invalid choice: 'c9'" in capsys.readouterr().err
