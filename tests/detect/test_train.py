@@ -108,6 +108,17 @@ def test_resume_equals_uninterrupted(synth, tmp_path, monkeypatch):
     }
 
 
+def test_evaluation_cadence_does_not_change_what_trains(synth, tmp_path):
+    # Faster R-CNN samples its boxes from the global generator, and every evaluation's loader draws a seed from
+    # it: unless the engine puts the random state back, evaluating after epoch 1 changes epoch 2's training
+    runs = {}
+    for every in (1, 2):
+        T.train_detector(cfg_for(synth, f"train.eval_every={every}"), tmp_path / str(every))
+        runs[every] = load_file(tmp_path / str(every) / "last.safetensors")
+    for k in runs[1]:
+        assert torch.equal(runs[1][k], runs[2][k]), k
+
+
 def test_pretrained_backbone_file_loads_and_wrong_one_fails(synth, tmp_path, capsys):
     net = build_resnet("resnet18")
     good = tmp_path / "r18.safetensors"

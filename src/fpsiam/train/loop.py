@@ -20,7 +20,7 @@ import dataclasses
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,8 @@ class Engine:
                 "amp": str(self.dtype) if self.dtype else "none", **task.describe(),
             }, seed=s.seed)  # fmt: skip
             self.metrics.truncate_after(self.global_step)
-        task.before_training(self, fresh)
+        with self.side_work():
+            task.before_training(self, fresh)
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> Engine:
         """Use ``model`` and ``optimizer`` as they are: enough for :meth:`step` alone (tests, benchmarks)."""
@@ -357,13 +358,25 @@ class Engine:
         bar.close()
         self.epoch += 1
         self.step_in_epoch = 0
-        self.task.after_epoch(self, self.epoch)  # before the checkpoint: a kill in between reruns it on resume
+        with self.side_work():
+            self.task.after_epoch(self, self.epoch)  # before the checkpoint: a kill in between reruns it on resume
         if self.epoch % s.checkpoint_every == 0 or self.epoch == s.epochs:
             self.checkpoint()
         D.barrier(env)
         if env.is_main and self.last:
             tqdm.write(f"epoch {self.epoch}/{s.epochs}: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in self.last.items() if k != "skipped"), file=sys.stderr)  # fmt: skip
+
+    @contextlib.contextmanager
+    def side_work(self) -> Iterator[None]:
+        """Around the hooks that evaluate or probe: the random state (torch, CUDA, numpy, python) is put back after
+        them, so how often a run evaluates (``eval_every``, ``probe.every``) and on which rank cannot change what it
+        trains (a loader's base seed and Faster R-CNN's box sampling both read the global generator)."""
+        state = rng_state()
+        try:
+            yield
+        finally:
+            set_rng_state(state)
 
     def step(self, batch: Any) -> dict[str, float]:
         """One optimizer step on ``batch``: the logged values (losses averaged over processes, lr, grad norm).
