@@ -13,6 +13,7 @@
 #   TRAIN=mine/train.json TEST=mine/test.json [IMAGES=mine/images] bash benchmarks/kvasir_lowlabel.sh runs/mine
 # Quick form (1 seed, 10 % and 100 %, random vs FPSiam, no lightly arm):
 #   QUICK=1 FPSIAM_KVASIR=... bash benchmarks/kvasir_lowlabel.sh runs/lowlabel_quick
+# Where a run stands (runs nothing, safe while it runs): the same command with --report-only after OUT_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/kvasir_lowlabel}
@@ -48,7 +49,7 @@ if [ -n "${QUICK:-}" ]; then
   SETS+=(--set "seeds=[0]" --set "label_fractions=[0.1, 1.0]" --set "methods=[fpsiam]")
 elif "$PY" -c "import lightly" 2>/dev/null; then
   LIGHTLY="$OUT/lightly_simsiam_r18.safetensors"
-  if [ ! -f "$LIGHTLY" ]; then
+  if [ ! -f "$LIGHTLY" ] && [[ " $* " != *" --report-only "* ]]; then
     # the same budget as our pretraining in $CONFIG (epochs, size, batch)
     read -r EPOCHS SIZE BATCH < <("$PY" -c "import sys; from fpsiam.config import ExperimentConfig, load_config; \
 p = load_config(ExperimentConfig, sys.argv[1]).pretrain; print(p.train.epochs, p.data.size, p.train.batch_size)" \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,64 @@ def test_killed_experiment_resumes_to_the_same_results(straight, synth, tmp_path
     assert not (tmp_path / "results.json").exists()
     resumed = run_experiment(tiny(synth, "methods=[fpsiam, simsiam]"), tmp_path)
     assert comparable(resumed) == comparable(reference)
+
+
+def _files(folder: Path) -> dict[Path, int]:
+    return {f: f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()}
+
+
+def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synth, tmp_path, capsys):
+    """A study half done (seed 0 of seeds 0 and 1, a method not pretrained yet): the finished stages are reported
+    as a full run reports them, the rest are "pending", nothing trains, and a running study's lock is no obstacle."""
+    from fpsiam.train.runfolder import RunLock
+
+    src, reference = straight
+    out = tmp_path / "study"
+    shutil.copytree(src, out)
+    cfg = tiny(synth, "methods=[fpsiam, simsiam, byol]", "seeds=[0, 1]")
+    with RunLock(out):  # as if the study were still running in another process
+        before = _files(out)
+        results = run_experiment(cfg, out, report_only=True)
+        after = _files(out)
+    log = capsys.readouterr().out
+    assert "== stage" not in log
+    assert (
+        "report only: 3 of 8 fine-tunes and 2 of 3 pretrainings finished; next: pretrain byol, "
+        "byol retinanet seed 0 at 100 %, random retinanet seed 1 at 100 % and 3 more" in log
+    )
+    status = [(r["arm"], r["seed"], r["status"], r["reason"]) for r in results["runs"]]
+    assert status == [
+        ("random", 0, "done", None), ("random", 1, "pending", "not run yet"),
+        ("fpsiam", 0, "done", None), ("fpsiam", 1, "pending", "not run yet"),
+        ("simsiam", 0, "done", None), ("simsiam", 1, "pending", "not run yet"),
+        ("byol", 0, "pending", "pretraining not finished"), ("byol", 1, "pending", "pretraining not finished"),
+    ]  # fmt: skip
+    volatile = ("init",)  # names the folder the run was trained in
+    done = [{k: v for k, v in r.items() if k not in volatile} for r in results["runs"] if r["status"] == "done"]
+    assert done == [{k: v for k, v in r.items() if k not in volatile} for r in reference["runs"]]
+    assert results["pretrain"]["byol"] == {"run_dir": "pretrain/byol", "status": "pending", "reason": "not run yet"}
+    assert {m: results["pretrain"][m] for m in ("fpsiam", "simsiam")} == reference["pretrain"]
+    assert results["gradcam"] == reference["gradcam"]
+    # nothing trained or pruned: only the report files are new or rewritten, all at the top of the folder
+    assert set(before) <= set(after)
+    changed = {f.relative_to(out) for f in after if before.get(f) != after[f]}
+    assert {"results.json", "report.html", "table.md"} <= {str(f) for f in changed}
+    assert all(len(f.parts) == 1 and (f.suffix == ".png" or f.name in ("results.json", "report.html", "table.md"))
+               for f in changed), changed  # fmt: skip
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert "pending: not run yet" in (out / "report.html").read_text()
+    assert "| byol | pending |" in (out / "table.md").read_text()
+
+
+def test_report_only_on_a_folder_without_a_study_is_one_line(synth, tmp_path, capsys):
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text("name: tiny\n")
+    paths = [f"frames={synth['frames']}", f"train={synth['train']}", f"test={synth['test']}"]
+    sets = [a for kv in [*TINY, *paths] for a in ("--set", kv)]
+    assert main(["experiment", str(cfg), "-o", str(tmp_path / "nothing"), "--report-only", *sets]) == 2
+    err = capsys.readouterr().err
+    assert "no experiment has started in this folder" in err and "Traceback" not in err
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_a_broken_arm_is_reported_and_the_others_complete(synth, tmp_path):

@@ -255,7 +255,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from fpsiam.experiment import run_experiment
 
     out = Path(args.output) if args.output else Path("runs") / "experiments" / Path(args.config).stem
-    run_experiment(cfg, out, where=args.config, command=" ".join(["fpsiam", *sys.argv[1:]]))
+    command = " ".join(["fpsiam", *sys.argv[1:]])
+    run_experiment(cfg, out, where=args.config, command=command, report_only=args.report_only)
     print(f"results: {out / 'results.json'}")
     print(f"report:  {out / 'report.html'}")
     return 0
@@ -675,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="experiment preset name (fpsiam config list) or YAML file")
     add_run_flags(p, "runs/experiments/<config name>", resume=False)  # reruns always resume
+    p.add_argument("--report-only", action="store_true",
+                   help="run no stage: write results.json, report.html and table.md from the stages finished so "
+                   "far (the others marked pending); safe while the study is running")  # fmt: skip
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser(

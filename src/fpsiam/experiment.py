@@ -182,10 +182,12 @@ def _hms(seconds: float) -> str:
 class Experiment:
     """Runs the stages of one experiment into ``out``; every stage can be skipped, resumed or fail alone."""
 
-    def __init__(self, cfg: ExperimentConfig, out: Path, env: D.DistEnv, command: str = ""):
+    def __init__(self, cfg: ExperimentConfig, out: Path, env: D.DistEnv, command: str = "", report_only: bool = False):
         self.cfg, self.out, self.env, self.command = cfg, Path(out), env, command
+        # report_only: run nothing, write nothing but the report files; a stage not finished is "pending"
+        self.report_only = report_only
         self.log = print if env.is_main else (lambda *a, **k: None)
-        self.stages = Stages(log=self.log)
+        self.stages = Stages(log=(lambda *a, **k: None) if report_only else self.log)
 
     def prune(self, run: Path) -> None:
         """Delete a finished stage's resume checkpoints unless ``keep_checkpoints``: its weights files stay.
@@ -193,7 +195,7 @@ class Experiment:
         A finished stage is skipped on rerun, so its checkpoints are never read again; they are the bulk of a
         study's disk use (an R18 RetinaNet checkpoint with SGD momentum is 160 MB; 36 stages x 2 kept = 11 GB).
         """
-        if self.cfg.keep_checkpoints or not self.env.is_main:
+        if self.cfg.keep_checkpoints or not self.env.is_main or self.report_only:
             return
         folder = run / "checkpoints"
         if folder.is_dir():
@@ -208,8 +210,12 @@ class Experiment:
         entry: dict[str, Any] = {"run_dir": str(run.relative_to(self.out))}
         self.stages.begin(f"pretrain {method}", ("pretrain",))
         if folder.has(R.SUMMARY):
-            self.log(f"[pretrain {method}] done before; skipping")
+            if not self.report_only:
+                self.log(f"[pretrain {method}] done before; skipping")
             self.stages.end(ran=False)
+        elif self.report_only:
+            entry.update(status="pending", reason="not run yet" if not folder.has(R.METRICS) else "not finished")
+            return entry
         else:
             cfg = copy.deepcopy(self.cfg.pretrain)
             cfg.model.method = method
@@ -278,6 +284,14 @@ class Experiment:
             "run_dir": str(run.relative_to(self.out)),
         }
         folder = R.RunFolder(run)
+        if self.report_only:
+            if not folder.has(R.RESULTS):
+                entry.update(status="pending", reason="not run yet" if not folder.has(R.METRICS) else "not finished")
+                return entry
+            if not folder.has(R.TEST_METRICS):
+                entry.update(status="pending", reason="trained; test evaluation not run yet")
+                return entry
+            return self.finished(entry, folder)
         self.stages.begin(f"{arm} {detector} seed {seed}, {100 * labels:g} % of the labels", ("finetune", labels))
         try:
             if folder.has(R.RESULTS):
@@ -308,6 +322,10 @@ class Experiment:
             return entry
         finally:
             D.barrier(self.env)  # every rank, also when rank 0 failed in the test evaluation
+        return self.finished(entry, folder)
+
+    def finished(self, entry: dict[str, Any], folder: R.RunFolder) -> dict[str, Any]:
+        """``entry`` completed from a finished fine-tune's results and test metrics."""
         results = folder.read(R.RESULTS)
         test = folder.read(R.TEST_METRICS)
         history = [
@@ -364,16 +382,24 @@ class Experiment:
         folder = R.RunFolder(self.out / entry["run_dir"])
         best = (entry.get("clinical") or {}).get("at_best_f1") or {}
         threshold = best.get("threshold", 0.5)
+        if self.report_only:  # the pictures a full run drew, if any
+            ids = [int(self.test_set.image_ids[i]) for i in self.polyp_frames[:n]]
+            paths = [folder.file(R.SAMPLES) / f"{i}.png" for i in ids]
+            return [{"png": str(p.relative_to(self.out)), "threshold": threshold} for p in paths if p.is_file()]
         paths = save_samples(self.test_set, self.polyp_frames[:n], folder.read(R.TEST_PREDICTIONS), threshold,
                              folder.file(R.SAMPLES))  # fmt: skip
         return [{"png": str(p.relative_to(self.out)), "threshold": threshold} for p in paths]
 
     def gradcam(self, arm: str, backbone: str) -> dict[str, Any] | None:
-        """The paper's view: CAM of the backbone alone on the same test frames, and its in-box energy."""
+        """The paper's view: CAM of the backbone alone on the same test frames, and its in-box energy.
+
+        None in a report-only pass when a full run has not drawn them yet."""
         from fpsiam.explain import gradcam as G
 
         folder = self.out / "gradcam" / arm
         done = folder / G.ENERGY_FILE
+        if not done.is_file() and self.report_only:
+            return None
         if not done.is_file():
             G.gradcam_command(backbone, str(self.cfg.test), folder, images=self.cfg.images,
                               arch=self.cfg.detect.model.arch, max_images=self.cfg.gradcam_images,
@@ -389,7 +415,7 @@ class Experiment:
     # ------------------------------------------------------------------ the whole study
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        if self.env.is_main:
+        if self.env.is_main and not self.report_only:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / R.CONFIG)
         fractions = sorted(cfg.label_fractions)
@@ -404,16 +430,19 @@ class Experiment:
         )
         pretrain = {m: self.pretrain(m) for m in cfg.methods}
 
-        arms: list[tuple[str, str, str | None, str | None]] = []  # (name, backbone, weights_file, skip reason)
+        # (name, backbone, weights_file, None or why its fine-tunes cannot run: (status, reason))
+        arms: list[tuple[str, str, str | None, tuple[str, str] | None]] = []
         for init in cfg.inits:
             if init == "imagenet":
                 wf, why = imagenet_weights(cfg)
-                arms.append(("imagenet", "imagenet", wf, why))
+                arms.append(("imagenet", "imagenet", wf, ("skipped", why) if why else None))
             else:
                 arms.append((init, init, None, None))
         for m, p in pretrain.items():
-            failed = None if p["status"] == "done" else f"pretraining failed: {p['reason']}"
-            arms.append((m, "" if failed else str(self.out / p["backbone"]), None, failed))
+            skip = {"done": None, "pending": ("pending", "pretraining not finished")}.get(
+                p["status"], ("failed", f"pretraining failed: {p['reason']}")
+            )
+            arms.append((m, "" if skip else str(self.out / p["backbone"]), None, skip))
         for item in cfg.weights:
             name, path = item.split("=", 1)
             arms.append((name, path, None, None))
@@ -431,9 +460,8 @@ class Experiment:
                 for name, backbone, weights_file, skip in arms:
                     for detector in cfg.detectors:
                         if skip:
-                            status = "failed" if skip.startswith("pretraining failed") else "skipped"
                             entry = {"arm": name, "detector": detector, "seed": seed, "labels": labels,
-                                     "status": status, "reason": skip}  # fmt: skip
+                                     "status": skip[0], "reason": skip[1]}  # fmt: skip
                         else:
                             entry = self.finetune(name, backbone, weights_file, detector, seed, labels)
                         by_key[name, detector, labels, seed] = entry
@@ -452,9 +480,11 @@ class Experiment:
                     if skip or name == "imagenet":
                         continue  # imagenet: the backbone file is torchvision's; CAMs of it come with the weights
                     try:
-                        gradcam[name] = self.gradcam(name, backbone)
+                        cam = self.gradcam(name, backbone)
                     except Exception as e:  # noqa: BLE001 - pictures are optional
-                        gradcam[name] = {"error": _reason(e)}
+                        cam = {"error": _reason(e)}
+                    if cam is not None:
+                        gradcam[name] = cam
         results = {
             "title": f"fpsiam experiment: {cfg.name}",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -473,6 +503,8 @@ class Experiment:
             from fpsiam.report.html import write_report
             from fpsiam.report.markdown import markdown_report
 
+            if self.report_only:
+                self.log(pending_summary(results))
             write_json(self.out / "results.json", results)
             write_report(results, self.out / "report.html")
             with atomic_open(self.out / "table.md", "w", encoding="utf-8") as f:
@@ -481,9 +513,46 @@ class Experiment:
         return results
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path, where: str = "config", command: str = "") -> dict[str, Any]:
-    """Check the config, then run (or resume) every stage; returns the results dict (also results.json)."""
+def pending_summary(results: dict[str, Any]) -> str:
+    """How far a study stands, in words: the finished stages over all, and the next stages to run, in run order."""
+    pre = {m: p for m, p in results["pretrain"].items() if not p.get("external")}
+    runs = results["runs"]
+    text = (
+        f"report only: {sum(r['status'] == 'done' for r in runs)} of {len(runs)} fine-tunes and "
+        f"{sum(p.get('status') == 'done' for p in pre.values())} of {len(pre)} pretrainings finished"
+    )
+    arms, seeds = results["arms"], results["config"].get("seeds") or []
+    order = {(s, i): n for n, (s, i) in enumerate((s, a) for s in seeds for a in arms)}
+    pending = sorted(
+        (r for r in runs if r["status"] == "pending"),
+        key=lambda r: (seeds.index(r["seed"]) if r["seed"] in seeds else 0, r.get("labels", 1.0),
+                       order.get((r["seed"], r["arm"]), 0)),
+    )  # fmt: skip
+    waiting = [f"pretrain {m}" for m, p in pre.items() if p.get("status") == "pending"] + [
+        f"{r['arm']} {r['detector']} seed {r['seed']} at {100 * r.get('labels', 1.0):g} %" for r in pending
+    ]
+    if waiting:
+        more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+        text += f"; next: {', '.join(waiting[:3])}{more} (rerun without --report-only to run them)"
+    return text
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out: str | Path, where: str = "config", command: str = "", report_only: bool = False
+) -> dict[str, Any]:
+    """Check the config, then run (or resume) every stage; returns the results dict (also results.json).
+
+    ``report_only``: run no stage and take no lock (a running study may be writing the folder): write
+    results.json, report.html and table.md from the stages finished so far, the others marked "pending".
+    """
     check_config(cfg, where)
+    if report_only:
+        if not (Path(out) / R.CONFIG).is_file():
+            raise FpsiamError(
+                f"{out}: no experiment has started in this folder (no {R.CONFIG}); "
+                "run `fpsiam experiment` without --report-only first"
+            )
+        return Experiment(cfg, Path(out), D.DistEnv(), command, report_only=True).run()
     with (
         D.session(cfg.detect.train.device) as env,
         run_folder(out, env.is_main),

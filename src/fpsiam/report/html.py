@@ -18,7 +18,7 @@ shown as a note. The ``results`` schema is the one the experiment runner writes 
 - ``arms`` (rows, in order), ``detectors`` (column groups, in order);
 - ``label_fractions``: the fractions of the train labels fine-tuned on, in (0, 1] (absent: [1.0]);
 - ``runs``: ``{"arm", "detector", "seed", "labels" (fraction, absent: 1.0), "train_images", "status":
-  "done"|"failed"|"skipped", "reason", "metrics": {"mAP", "AP50", "AP75", ...} (COCO, 0..1, -1 = undefined),
+  "done"|"failed"|"skipped"|"pending", "reason", "metrics": {"mAP", "AP50", "AP75", ...} (COCO, 0..1, -1 = undefined),
   "metrics_source", "clinical", "history", "samples"}``;
 - ``pretrain``: ``{arm: {"status", "reason", "seconds", "curve": [...]}}``; the curve's rows are steps
   (``global_step``, ``loss``, ``collapse``, ...) and probes (``{"kind": "probe", "epoch", "global_step",

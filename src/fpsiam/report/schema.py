@@ -25,7 +25,7 @@ RESULTS = {
     "detectors": [TEXT], "label_fractions": [NUMBER], "config": {}, "gradcam": {"*": {}},
     "pretrain": {"*": {"curve": [{"*": (NUMBER, TEXT)}], "status": TEXT, "reason": TEXT}},
 }  # fmt: skip
-STATUSES = ("done", "failed", "skipped")
+STATUSES = ("done", "failed", "skipped", "pending")  # pending: not finished yet (fpsiam experiment --report-only)
 
 
 def _fail(where: str, path: str, want: str, value: Any) -> FpsiamError:
