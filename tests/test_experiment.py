@@ -155,7 +155,8 @@ def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synt
     src, reference = straight
     out = tmp_path / "study"
     shutil.copytree(src, out)
-    cfg = tiny(synth, "methods=[fpsiam, simsiam, byol]", "seeds=[0, 1]")
+    # byol not pretrained yet, seed 1 not run, and an external arm whose weights file is not written yet
+    cfg = tiny(synth, "methods=[fpsiam, simsiam, byol]", "seeds=[0, 1]", f"weights=[later={tmp_path / 'later.st'}]")
     with RunLock(out):  # as if the study were still running in another process
         before = _files(out)
         results = run_experiment(cfg, out, report_only=True)
@@ -163,8 +164,8 @@ def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synt
     log = capsys.readouterr().out
     assert "== stage" not in log
     assert (
-        "report only: 3 of 8 fine-tunes and 2 of 3 pretrainings finished; next: pretrain byol, "
-        "byol retinanet seed 0 at 100 %, random retinanet seed 1 at 100 % and 3 more" in log
+        "report only: 3 of 10 fine-tunes and 2 of 3 pretrainings finished; next: pretrain byol, "
+        "byol retinanet seed 0 at 100 %, later retinanet seed 0 at 100 % and 5 more" in log
     )
     status = [(r["arm"], r["seed"], r["status"], r["reason"]) for r in results["runs"]]
     assert status == [
@@ -172,6 +173,7 @@ def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synt
         ("fpsiam", 0, "done", None), ("fpsiam", 1, "pending", "not run yet"),
         ("simsiam", 0, "done", None), ("simsiam", 1, "pending", "not run yet"),
         ("byol", 0, "pending", "pretraining not finished"), ("byol", 1, "pending", "pretraining not finished"),
+        ("later", 0, "pending", "not run yet"), ("later", 1, "pending", "not run yet"),
     ]  # fmt: skip
     volatile = ("init",)  # names the folder the run was trained in
     done = [{k: v for k, v in r.items() if k not in volatile} for r in results["runs"] if r["status"] == "done"]

@@ -62,8 +62,8 @@ def machine_description() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, {gpu}; {versions}"
 
 
-def check_config(cfg: ExperimentConfig, where: str) -> None:
-    """Errors a user can fix before hours of compute are spent."""
+def check_config(cfg: ExperimentConfig, where: str, files: bool = True) -> None:
+    """Errors a user can fix before hours of compute are spent (``files=False``: weights files may be missing)."""
     if len(set(cfg.methods)) != len(cfg.methods):  # each name was checked against the method table at load
         raise FpsiamError(f"{where}: 'methods' lists a method twice")
     if cfg.methods and not cfg.frames:
@@ -91,7 +91,7 @@ def check_config(cfg: ExperimentConfig, where: str) -> None:
         if "=" not in item:
             raise FpsiamError(f"{where}: weights entry {item!r}: expected name=path/to/backbone.safetensors")
         name, path = item.split("=", 1)
-        if not Path(path).is_file():
+        if files and not Path(path).is_file():
             raise FpsiamError(f"{where}: weights entry {name}: file {path} not found")
         names.add(name)
     clash = names & (set(cfg.methods) | set(cfg.inits))
@@ -545,7 +545,7 @@ def run_experiment(
     ``report_only``: run no stage and take no lock (a running study may be writing the folder): write
     results.json, report.html and table.md from the stages finished so far, the others marked "pending".
     """
-    check_config(cfg, where)
+    check_config(cfg, where, files=not report_only)  # report-only: an arm whose file is not written yet is pending
     if report_only:
         if not (Path(out) / R.CONFIG).is_file():
             raise FpsiamError(
