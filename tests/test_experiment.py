@@ -147,7 +147,7 @@ def _files(folder: Path) -> dict[Path, int]:
     return {f: f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()}
 
 
-def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synth, tmp_path, capsys):
+def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synth, tmp_path, capsys, monkeypatch):
     """A study half done (seed 0 of seeds 0 and 1, a method not pretrained yet): the finished stages are reported
     as a full run reports them, the rest are "pending", nothing trains, and a running study's lock is no obstacle."""
     from fpsiam.train.runfolder import RunLock
@@ -155,8 +155,14 @@ def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synt
     src, reference = straight
     out = tmp_path / "study"
     shutil.copytree(src, out)
+    import torchvision
+
+    # no ImageNet weights in the cache, and a report must not try to download them
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", lambda *a, **k: pytest.fail("download"))
     # byol not pretrained yet, seed 1 not run, and an external arm whose weights file is not written yet
-    cfg = tiny(synth, "methods=[fpsiam, simsiam, byol]", "seeds=[0, 1]", f"weights=[later={tmp_path / 'later.st'}]")
+    cfg = tiny(synth, "methods=[fpsiam, simsiam, byol]", "seeds=[0, 1]", f"weights=[later={tmp_path / 'later.st'}]",
+               "inits=[random, imagenet]")  # fmt: skip
     with RunLock(out):  # as if the study were still running in another process
         before = _files(out)
         results = run_experiment(cfg, out, report_only=True)
@@ -167,7 +173,9 @@ def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synt
         "report only: 3 of 10 fine-tunes and 2 of 3 pretrainings finished; next: pretrain byol, "
         "byol retinanet seed 0 at 100 %, later retinanet seed 0 at 100 % and 5 more" in log
     )
-    status = [(r["arm"], r["seed"], r["status"], r["reason"]) for r in results["runs"]]
+    imagenet = [r for r in results["runs"] if r["arm"] == "imagenet"]
+    assert [r["status"] for r in imagenet] == ["skipped"] * 2 and "not in torchvision's cache" in imagenet[0]["reason"]
+    status = [(r["arm"], r["seed"], r["status"], r["reason"]) for r in results["runs"] if r["arm"] != "imagenet"]
     assert status == [
         ("random", 0, "done", None), ("random", 1, "pending", "not run yet"),
         ("fpsiam", 0, "done", None), ("fpsiam", 1, "pending", "not run yet"),
@@ -251,7 +259,9 @@ def test_config_errors_before_any_compute(synth, tmp_path, capsys):
 def test_imagenet_arm_is_skipped_with_a_note_when_weights_are_offline(synth, tmp_path, monkeypatch, capsys):
     from fpsiam import experiment as E
 
-    monkeypatch.setattr(E, "imagenet_weights", lambda cfg: (None, "ImageNet weights not available offline (test)"))
+    monkeypatch.setattr(
+        E, "imagenet_weights", lambda cfg, download=True: (None, "ImageNet weights not available offline (test)")
+    )
     cfg = tiny(synth, "methods=[]", "inits=[imagenet]", "gradcam_images=0", "sample_images=0")
     results = run_experiment(cfg, tmp_path)
     assert "== stage" not in capsys.readouterr().out  # an arm that cannot run is no stage (nor in the ETA)

@@ -99,11 +99,11 @@ def check_config(cfg: ExperimentConfig, where: str, files: bool = True) -> None:
         raise FpsiamError(f"{where}: weights names {sorted(clash)} clash with methods/inits; rename them")
 
 
-def imagenet_weights(cfg: ExperimentConfig) -> tuple[str | None, str | None]:
+def imagenet_weights(cfg: ExperimentConfig, download: bool = True) -> tuple[str | None, str | None]:
     """``(weights_file_or_None, None)`` when ImageNet weights can be had, else ``(None, reason)``.
 
     An offline file (``detect.model.weights_file``) or torchvision's cache is used as is; otherwise one
-    download is tried through torchvision's own mechanism (with a time-out).
+    download is tried through torchvision's own mechanism (with a time-out), unless ``download`` is False.
     """
     if cfg.detect.model.weights_file:
         return cfg.detect.model.weights_file, None
@@ -113,6 +113,11 @@ def imagenet_weights(cfg: ExperimentConfig) -> tuple[str | None, str | None]:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if cached.is_file():
         return str(cached), None
+    if not download:
+        return (
+            None,
+            f"ImageNet weights not in torchvision's cache; set detect.model.weights_file to a copy of {cached.name}",
+        )
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
@@ -434,7 +439,7 @@ class Experiment:
         arms: list[tuple[str, str, str | None, tuple[str, str] | None]] = []
         for init in cfg.inits:
             if init == "imagenet":
-                wf, why = imagenet_weights(cfg)
+                wf, why = imagenet_weights(cfg, download=not self.report_only)
                 arms.append(("imagenet", "imagenet", wf, ("skipped", why) if why else None))
             else:
                 arms.append((init, init, None, None))
@@ -516,11 +521,14 @@ class Experiment:
 def pending_summary(results: dict[str, Any]) -> str:
     """How far a study stands, in words: the finished stages over all, and the next stages to run, in run order."""
     pre = {m: p for m, p in results["pretrain"].items() if not p.get("external")}
-    runs = results["runs"]
+    runs = [r for r in results["runs"] if r["status"] != "skipped"]  # skipped: cannot run here (no weights)
     text = (
         f"report only: {sum(r['status'] == 'done' for r in runs)} of {len(runs)} fine-tunes and "
         f"{sum(p.get('status') == 'done' for p in pre.values())} of {len(pre)} pretrainings finished"
     )
+    failed = sum(r["status"] == "failed" for r in runs) + sum(p.get("status") == "failed" for p in pre.values())
+    if failed:
+        text += f" ({failed} failed: see the report)"
     arms, seeds = results["arms"], results["config"].get("seeds") or []
     order = {(s, i): n for n, (s, i) in enumerate((s, a) for s in seeds for a in arms)}
     pending = sorted(
