@@ -20,13 +20,15 @@ OUT=${1:-runs/kvasir_lowlabel}
 shift || true   # anything after OUT_DIR goes to `fpsiam experiment`
 PY=${PY:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/experiments/kvasir_lowlabel_cpu.yaml}
-mkdir -p "$OUT"
+# --report-only writes nothing before fpsiam has checked that OUT holds a study (no conversion, carve or lightly run)
+REPORT_ONLY=; [[ " $* " == *" --report-only "* ]] && REPORT_ONLY=1
+[ -n "$REPORT_ONLY" ] || mkdir -p "$OUT"
 if [ -n "${TRAIN:-}" ] || [ -n "${TEST:-}" ]; then
   : "${TRAIN:?set TRAIN and TEST (COCO json) together}" "${TEST:?set TRAIN and TEST (COCO json) together}"
 else
   : "${FPSIAM_KVASIR:?set FPSIAM_KVASIR to the Kvasir-SEG folder (or TRAIN and TEST for another data set)}"
   TRAIN=data/kvasir/train.json TEST=data/kvasir/test.json
-  if [ ! -f "$TEST" ]; then
+  if [ ! -f "$TEST" ] && [ -z "$REPORT_ONLY" ]; then
     mkdir -p data/kvasir
     "$PY" -m fpsiam data convert --format kvasir "$FPSIAM_KVASIR" -o data/kvasir/all.json
     "$PY" -m fpsiam data split data/kvasir/all.json --by list --list train="$FPSIAM_KVASIR/train.txt" \
@@ -34,7 +36,7 @@ else
   fi
 fi
 # the validation carve: by video when every frame has a video id, else by image
-if [ ! -f "$OUT/data/val.json" ]; then
+if [ ! -f "$OUT/data/val.json" ] && [ -z "$REPORT_ONLY" ]; then
   BY=$("$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); \
 print('video' if d['images'] and all(i.get('video_id') is not None for i in d['images']) else 'image')" "$TRAIN")
   "$PY" -m fpsiam data split "$TRAIN" --by "$BY" --fractions 0.8 0.2 0 --seed 0 ${IMAGES:+--images "$IMAGES"} \
@@ -49,7 +51,7 @@ if [ -n "${QUICK:-}" ]; then
   SETS+=(--set "seeds=[0]" --set "label_fractions=[0.1, 1.0]" --set "methods=[fpsiam]")
 elif "$PY" -c "import lightly" 2>/dev/null; then
   LIGHTLY="$OUT/lightly_simsiam_r18.safetensors"
-  if [ ! -f "$LIGHTLY" ] && [[ " $* " != *" --report-only "* ]]; then
+  if [ ! -f "$LIGHTLY" ] && [ -z "$REPORT_ONLY" ]; then
     # the same budget as our pretraining in $CONFIG (epochs, size, batch)
     read -r EPOCHS SIZE BATCH < <("$PY" -c "import sys; from fpsiam.config import ExperimentConfig, load_config; \
 p = load_config(ExperimentConfig, sys.argv[1]).pretrain; print(p.train.epochs, p.data.size, p.train.batch_size)" \

@@ -150,12 +150,13 @@ def _files(folder: Path) -> dict[Path, int]:
 def test_report_only_reports_the_finished_stages_and_runs_nothing(straight, synth, tmp_path, capsys, monkeypatch):
     """A study half done (seed 0 of seeds 0 and 1, a method not pretrained yet): the finished stages are reported
     as a full run reports them, the rest are "pending", nothing trains, and a running study's lock is no obstacle."""
+    import torchvision
+
     from fpsiam.train.runfolder import RunLock
 
     src, reference = straight
     out = tmp_path / "study"
     shutil.copytree(src, out)
-    import torchvision
 
     # no ImageNet weights in the cache, and a report must not try to download them
     monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))

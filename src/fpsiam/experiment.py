@@ -179,6 +179,11 @@ class Stages:
             self.ran.setdefault(self._kind, []).append(time.perf_counter() - self._t0)
 
 
+def _unfinished(folder: R.RunFolder) -> str:
+    """Why a stage counts as pending in a report-only pass: never started, or started and not finished."""
+    return "not finished" if folder.has(R.METRICS) else "not run yet"
+
+
 def _hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -219,7 +224,7 @@ class Experiment:
                 self.log(f"[pretrain {method}] done before; skipping")
             self.stages.end(ran=False)
         elif self.report_only:
-            entry.update(status="pending", reason="not run yet" if not folder.has(R.METRICS) else "not finished")
+            entry.update(status="pending", reason=_unfinished(folder))
             return entry
         else:
             cfg = copy.deepcopy(self.cfg.pretrain)
@@ -291,7 +296,7 @@ class Experiment:
         folder = R.RunFolder(run)
         if self.report_only:
             if not folder.has(R.RESULTS):
-                entry.update(status="pending", reason="not run yet" if not folder.has(R.METRICS) else "not finished")
+                entry.update(status="pending", reason=_unfinished(folder))
                 return entry
             if not folder.has(R.TEST_METRICS):
                 entry.update(status="pending", reason="trained; test evaluation not run yet")
@@ -529,13 +534,11 @@ def pending_summary(results: dict[str, Any]) -> str:
     failed = sum(r["status"] == "failed" for r in runs) + sum(p.get("status") == "failed" for p in pre.values())
     if failed:
         text += f" ({failed} failed: see the report)"
-    arms, seeds = results["arms"], results["config"].get("seeds") or []
-    order = {(s, i): n for n, (s, i) in enumerate((s, a) for s in seeds for a in arms)}
-    pending = sorted(
+    arms, seeds = results["arms"], results["config"]["seeds"]
+    pending = sorted(  # the order the stages run in: seed, then label fraction, then arm
         (r for r in runs if r["status"] == "pending"),
-        key=lambda r: (seeds.index(r["seed"]) if r["seed"] in seeds else 0, r.get("labels", 1.0),
-                       order.get((r["seed"], r["arm"]), 0)),
-    )  # fmt: skip
+        key=lambda r: (seeds.index(r["seed"]), r.get("labels", 1.0), arms.index(r["arm"])),
+    )
     waiting = [f"pretrain {m}" for m, p in pre.items() if p.get("status") == "pending"] + [
         f"{r['arm']} {r['detector']} seed {r['seed']} at {100 * r.get('labels', 1.0):g} %" for r in pending
     ]
