@@ -213,6 +213,7 @@ class DetectModel:
     head_norm: Literal["none", "gn"] = (
         "none"  # gn: GroupNorm(32) in the FPN and the heads (MoCo's transfer: norm there)
     )
+    fpn_channels: int = 256  # width of the FPN and the heads (the paper: 256; 128 halves a CPU RetinaNet R18 step)
     precise_bn: int = 0  # re-estimate the backbone's BN statistics on this many train images first (0: off)
 
 

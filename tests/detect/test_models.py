@@ -499,3 +499,60 @@ def test_load_detector_mismatches_fail_clearly(tmp_path):
         load_detector(junk)
     with pytest.raises(FpsiamError, match="not found"):
         load_detector(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "faster_rcnn"])
+def test_fpn_channels_sets_the_width_of_fpn_and_heads_and_round_trips(kind, tmp_path):
+    model = fast(tiny(kind, fpn_channels=64))
+    assert describe(model)["fpn_channels"] == 64 and model.backbone.out_channels == 64
+    fpn_convs = [m for m in model.backbone.fpn.modules() if isinstance(m, nn.Conv2d)]
+    assert fpn_convs and all(m.out_channels == 64 for m in fpn_convs)
+    # every conv after the FPN reads 64 channels: the towers, the classifier and the box regressor
+    assert all(m.in_channels == 64 for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and "head" in n)
+    narrow = sum(p.numel() for p in model.parameters())
+    assert narrow < sum(p.numel() for p in tiny(kind).parameters())
+    images, targets = images_and_targets()
+    model.train()
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    keep_every_box(model)
+    with torch.no_grad():
+        expected = model(images)
+    loaded, meta = load_detector(save_detector(model, tmp_path / "m.safetensors"))
+    assert meta["fpn_channels"] == 64 and loaded.backbone.out_channels == 64
+    with torch.no_grad():
+        got = fast(keep_every_box(loaded))(images)
+    assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(expected, got, strict=True))
+
+
+def test_model_file_without_fpn_channels_is_the_paper_width(tmp_path):
+    """Files written before the key existed carry no fpn_channels: they were 256 wide and load as such."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = save_detector(tiny("retinanet"), tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["fpsiam_detector"])
+    del meta["fpn_channels"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata={"fpsiam_detector": json.dumps(meta)})
+    loaded, _ = load_detector(old)
+    assert loaded.backbone.out_channels == 256
+
+
+def test_bad_fpn_channels():
+    with pytest.raises(FpsiamError, match="fpn_channels=4"):
+        tiny("retinanet", fpn_channels=4)
+    with pytest.raises(FpsiamError, match="fpn_channels=48.*gn.*32"):
+        tiny("retinanet", fpn_channels=48, head_norm="gn")
+    assert tiny("retinanet", fpn_channels=64, head_norm="gn").backbone.out_channels == 64
+
+
+def test_fpn_channels_config_key_reaches_the_spec():
+    from fpsiam.config import DetectConfig, load_config
+    from fpsiam.detect.models import DetectorSpec
+
+    assert DetectorSpec.of(DetectConfig().model).fpn_channels == 256  # the paper's width by default
+    cfg = load_config(DetectConfig, None, ["model.fpn_channels=96"])
+    assert DetectorSpec.of(cfg.model).fpn_channels == 96

@@ -171,6 +171,7 @@ class DetectorSpec:
     test_proposals: int = 1000  # Faster R-CNN: RPN proposals kept before/after NMS at test time (recipe: 1000)
     roi_samples: int = 512  # Faster R-CNN: RoIs sampled per image for the box head in training (recipe: 512)
     head_norm: str = "none"  # "gn": GroupNorm in the FPN and the heads (a transfer recipe; the paper: none)
+    fpn_channels: int = FPN_CHANNELS  # width of the FPN and of every head conv (the paper: 256; fewer = faster)
 
     @classmethod
     def of(cls, config: Any) -> DetectorSpec:
@@ -189,6 +190,10 @@ class DetectorSpec:
             raise FpsiamError(f"test_proposals={self.test_proposals}, roi_samples={self.roi_samples}: need >= 1")
         if self.head_norm not in HEAD_NORMS:
             raise FpsiamError(f"head_norm '{self.head_norm}': expected one of {', '.join(HEAD_NORMS)}")
+        if self.fpn_channels < 8:
+            raise FpsiamError(f"fpn_channels={self.fpn_channels}: need at least 8 (the paper's width is 256)")
+        if self.head_norm == "gn" and self.fpn_channels % GN_GROUPS:
+            raise FpsiamError(f"fpn_channels={self.fpn_channels}: head_norm 'gn' needs a multiple of {GN_GROUPS}")
         if self.min_size < 32 or self.max_size < self.min_size:
             raise FpsiamError(f"min_size={self.min_size}, max_size={self.max_size}: need 32 <= min_size <= max_size")
 
@@ -249,7 +254,9 @@ def head_norm_layer(head_norm: str) -> Callable[[int], nn.Module] | None:
     return functools.partial(nn.GroupNorm, GN_GROUPS) if head_norm == "gn" else None
 
 
-def resnet_fpn(net: resnet.ResNet, arch: str, kind: str, head_norm: str = "none") -> ResNetFPN:
+def resnet_fpn(
+    net: resnet.ResNet, arch: str, kind: str, head_norm: str = "none", fpn_channels: int = FPN_CHANNELS
+) -> ResNetFPN:
     """Wrap a ResNet into the detector's FPN: C2..C5 + max-pool P6 (Faster R-CNN), C3..C5 + P6/P7 (RetinaNet)."""
     channels = stage_channels(arch)
     if kind == "faster_rcnn":
@@ -258,10 +265,10 @@ def resnet_fpn(net: resnet.ResNet, arch: str, kind: str, head_norm: str = "none"
     else:
         stages = (2, 3, 4)
         # in_channels (C5 width) != 256 for every ResNet here, so torchvision takes P6 from C5 (mmdet 'on_input').
-        extra = LastLevelP6P7(channels[3], FPN_CHANNELS)
+        extra = LastLevelP6P7(channels[3], fpn_channels)
     return_layers = {f"layer{s}": str(i) for i, s in enumerate(stages)}
     in_channels = [channels[s - 1] for s in stages]
-    return ResNetFPN(net, return_layers, in_channels, FPN_CHANNELS, extra_blocks=extra,
+    return ResNetFPN(net, return_layers, in_channels, fpn_channels, extra_blocks=extra,
                      norm_layer=head_norm_layer(head_norm))  # fmt: skip
 
 
@@ -492,12 +499,13 @@ def _transform_kwargs(spec: DetectorSpec) -> dict[str, Any]:
 def _faster_rcnn(backbone: ResNetFPN, spec: DetectorSpec) -> FasterRCNN:
     anchors = FixedStrideAnchorGenerator(FRCNN_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(FRCNN_ANCHOR_SIZES),
                                          FRCNN_ANCHOR_STRIDES)  # fmt: skip
-    rpn_head = RPNHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0])
+    width = spec.fpn_channels
+    rpn_head = RPNHead(width, anchors.num_anchors_per_location()[0])
     roi_pool = AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], ROI_OUTPUT_SIZE, ROI_SAMPLING_RATIO, ROI_ALIGNED)
     if spec.head_norm == "none":
-        box_head: nn.Module = TwoMLPHead(FPN_CHANNELS * ROI_OUTPUT_SIZE**2, REPRESENTATION_SIZE)
+        box_head: nn.Module = TwoMLPHead(width * ROI_OUTPUT_SIZE**2, REPRESENTATION_SIZE)
     else:
-        box_head = FastRCNNConvFCHead((FPN_CHANNELS, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE), [FPN_CHANNELS] * GN_BOX_CONVS,
+        box_head = FastRCNNConvFCHead((width, ROI_OUTPUT_SIZE, ROI_OUTPUT_SIZE), [width] * GN_BOX_CONVS,
                                       [REPRESENTATION_SIZE], norm_layer=head_norm_layer(spec.head_norm))  # fmt: skip
     predictor = FastRCNNPredictor(REPRESENTATION_SIZE, spec.num_classes)
     init_box_head(box_head, predictor)
@@ -526,7 +534,7 @@ def _faster_rcnn(backbone: ResNetFPN, spec: DetectorSpec) -> FasterRCNN:
 def _retinanet(backbone: ResNetFPN, spec: DetectorSpec) -> RetinaNet:
     anchors = FixedStrideAnchorGenerator(RETINA_ANCHOR_SIZES, (ASPECT_RATIOS,) * len(RETINA_ANCHOR_SIZES),
                                          RETINA_ANCHOR_STRIDES)  # fmt: skip
-    head = RetinaNetHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0], spec.num_classes,
+    head = RetinaNetHead(spec.fpn_channels, anchors.num_anchors_per_location()[0], spec.num_classes,
                          norm_layer=head_norm_layer(spec.head_norm))  # fmt: skip
     model = RetinaNet(
         backbone,
@@ -566,6 +574,7 @@ def build_detector(
     test_proposals: int = 1000,
     roi_samples: int = 512,
     head_norm: str = "none",
+    fpn_channels: int = FPN_CHANNELS,
 ) -> nn.Module:
     """Build a torchvision FasterRCNN or RetinaNet with the paper's recipe (docs/detection.md).
 
@@ -577,7 +586,9 @@ def build_detector(
     The returned model carries ``model.fpsiam_spec`` (:class:`DetectorSpec`) and ``model.init_message``
     (what was loaded into the backbone, in words) for :func:`describe` and :func:`save_detector`.
     """
-    spec = DetectorSpec(kind, arch, min_size, max_size, num_classes, box_loss, test_proposals, roi_samples, head_norm)
+    spec = DetectorSpec(
+        kind, arch, min_size, max_size, num_classes, box_loss, test_proposals, roi_samples, head_norm, fpn_channels
+    )
     return build_from_spec(spec, init, weights_file)
 
 
@@ -588,7 +599,7 @@ def build_from_spec(spec: DetectorSpec, init: str = "random", weights_file: str 
     net = build_resnet(arch)
     message = init_resnet(net, arch, init, weights_file)
     freeze_stem(net)
-    backbone = resnet_fpn(net, arch, kind, spec.head_norm)
+    backbone = resnet_fpn(net, arch, kind, spec.head_norm, spec.fpn_channels)
     model = DETECTORS[kind](backbone, spec)
     model.fpsiam_spec = spec
     model.init_message = message
@@ -629,6 +640,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
         "kind": spec.kind,
         "arch": spec.arch,
         "head_norm": spec.head_norm,
+        "fpn_channels": spec.fpn_channels,
         "num_classes": spec.num_classes,
         "box_loss": spec.box_loss,
         "init": getattr(model, "init_message", ""),
@@ -809,7 +821,8 @@ def load_detector(
             raise FpsiamError(f"{path}: a {info.get(key)} model file, but {want} was requested; pass a {want} model")
     fields = {f.name for f in dataclasses.fields(DetectorSpec)}
     try:
-        optional = {"test_proposals", "roi_samples", "head_norm"}  # added later: older model files lack them
+        # added later: older model files lack them
+        optional = {"test_proposals", "roi_samples", "head_norm", "fpn_channels"}
         spec = DetectorSpec(**{k: info[k] for k in fields if k in info or k not in optional})
     except KeyError as e:
         raise FpsiamError(f"{path}: detector metadata lacks {e}; the file is damaged") from None
