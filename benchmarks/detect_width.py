@@ -5,7 +5,7 @@ outweigh a ResNet-18 body. Each width is the same recipe (``build_detector("reti
 fpn_channels=w)``) on the same batches, timed alternately (order rotated every round), medians after 2 warm-up
 rounds; the ratio is each width's step time over the paper's 256. It sizes CPU protocols.
 
-    .venv/bin/python benchmarks/detect_width.py [--widths 256 128 64] [--size 224] [--batch 4] [--rounds 8]
+    .venv/bin/python benchmarks/detect_width.py [--widths 256 128 64] [--head-norms none gn] [--size 224] [--rounds 8]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from fpsiam.experiment import machine_description
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--widths", type=int, nargs="+", default=[256, 128, 64])
+    p.add_argument("--head-norms", nargs="+", default=["none"], choices=["none", "gn"])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--rounds", type=int, default=8)
@@ -35,31 +36,34 @@ def main() -> None:
                for _ in range(args.batch)]  # fmt: skip
     models = {}
     for w in args.widths:
-        torch.manual_seed(0)
-        models[w] = build_detector("retinanet", "resnet18", min_size=args.size, max_size=args.size, fpn_channels=w)
-    opts = {w: torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
-            for w, m in models.items()}  # fmt: skip
-    times: dict[int, list[float]] = {w: [] for w in models}
+        for norm in args.head_norms:
+            torch.manual_seed(0)
+            models[(w, norm)] = build_detector("retinanet", "resnet18", min_size=args.size, max_size=args.size,
+                                               fpn_channels=w, head_norm=norm)  # fmt: skip
+    opts = {k: torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
+            for k, m in models.items()}  # fmt: skip
+    times: dict[tuple[int, str], list[float]] = {k: [] for k in models}
     order = list(models)
     for r in range(args.rounds + 2):
-        for w in order[r % len(order) :] + order[: r % len(order)]:
-            m = models[w]
+        for k in order[r % len(order) :] + order[: r % len(order)]:
+            m = models[k]
             m.train()
             t0 = time.perf_counter()
             loss = sum(m(images, targets).values())
-            opts[w].zero_grad(set_to_none=True)
+            opts[k].zero_grad(set_to_none=True)
             loss.backward()
-            opts[w].step()
+            opts[k].step()
             if r >= 2:
-                times[w].append(time.perf_counter() - t0)
+                times[k].append(time.perf_counter() - t0)
     print(f"{machine_description()}; RetinaNet R18-FPN train step, {args.size} px, batch {args.batch}, "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
-    med = {w: statistics.median(v) for w, v in times.items()}
-    base = med.get(256, med[order[0]])
-    print("| fpn_channels | parameters (M) | s/step | images/s | step time / 256's |\n|---:|---:|---:|---:|---:|")
-    for w, s in med.items():
-        n = sum(q.numel() for q in models[w].parameters()) / 1e6
-        print(f"| {w} | {n:.1f} | {s:.3f} | {args.batch / s:.2f} | {s / base:.2f} |")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med.get((256, "none"), med[order[0]])
+    print("| fpn_channels | head_norm | parameters (M) | s/step | images/s | step time / 256's |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for (w, norm), s in med.items():
+        n = sum(q.numel() for q in models[(w, norm)].parameters()) / 1e6
+        print(f"| {w} | {norm} | {n:.1f} | {s:.3f} | {args.batch / s:.2f} | {s / base:.2f} |")
 
 
 if __name__ == "__main__":
