@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from stock_retinanet_speed import time_train_steps  # this folder's script: the same alternating timer
 
 from fpsiam.detect.models import build_detector
 from fpsiam.experiment import machine_description
@@ -40,21 +41,8 @@ def main() -> None:
             torch.manual_seed(0)
             models[(w, norm)] = build_detector("retinanet", "resnet18", min_size=args.size, max_size=args.size,
                                                fpn_channels=w, head_norm=norm)  # fmt: skip
-    opts = {k: torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
-            for k, m in models.items()}  # fmt: skip
-    times: dict[tuple[int, str], list[float]] = {k: [] for k in models}
+    times = time_train_steps(models, images, targets, args.rounds)
     order = list(models)
-    for r in range(args.rounds + 2):
-        for k in order[r % len(order) :] + order[: r % len(order)]:
-            m = models[k]
-            m.train()
-            t0 = time.perf_counter()
-            loss = sum(m(images, targets).values())
-            opts[k].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[k].step()
-            if r >= 2:
-                times[k].append(time.perf_counter() - t0)
     print(f"{machine_description()}; RetinaNet R18-FPN train step, {args.size} px, batch {args.batch}, "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -25,6 +25,27 @@ from fpsiam.detect.models import build_detector
 from fpsiam.experiment import machine_description
 
 
+def time_train_steps(models: dict, images: list, targets: list, rounds: int) -> dict:
+    """Seconds per train step (SGD, momentum 0.9) of each model on the same batch, timed alternately: the order
+    rotates every round, 2 warm-up rounds are dropped. Returns ``{key: [seconds, ...]}``."""
+    opts = {k: torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
+            for k, m in models.items()}  # fmt: skip
+    times: dict = {k: [] for k in models}
+    order = list(models)
+    for r in range(rounds + 2):
+        for k in order[r % len(order) :] + order[: r % len(order)]:
+            m = models[k]
+            m.train()
+            t0 = time.perf_counter()
+            loss = sum(m(images, targets).values())
+            opts[k].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[k].step()
+            if r >= 2:
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=256)
@@ -45,20 +66,7 @@ def main() -> None:
         "ours": build_detector("retinanet", "resnet18", min_size=args.size, max_size=args.size),
         "stock": RetinaNet(backbone, num_classes=2, min_size=args.size, max_size=args.size),
     }
-    opts = {k: torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
-            for k, m in models.items()}  # fmt: skip
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for r in range(args.rounds + 2):
-        for k in list(models)[:: 1 if r % 2 else -1]:
-            m = models[k]
-            m.train()
-            t0 = time.perf_counter()
-            loss = sum(m(images, targets).values())
-            opts[k].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[k].step()
-            if r >= 2:
-                times[k].append(time.perf_counter() - t0)
+    times = time_train_steps(models, images, targets, args.rounds)
     print(f"{machine_description()}; RetinaNet R18-FPN train step, {args.size} px, batch {args.batch}, "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     med = {k: statistics.median(v) for k, v in times.items()}
