@@ -42,11 +42,10 @@ def main() -> None:
             models[(w, norm)] = build_detector("retinanet", "resnet18", min_size=args.size, max_size=args.size,
                                                fpn_channels=w, head_norm=norm)  # fmt: skip
     times = time_train_steps(models, images, targets, args.rounds)
-    order = list(models)
     print(f"{machine_description()}; RetinaNet R18-FPN train step, {args.size} px, batch {args.batch}, "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     med = {k: statistics.median(v) for k, v in times.items()}
-    base = med.get((256, "none"), med[order[0]])
+    base = med.get((256, "none"), next(iter(med.values())))  # the first width when 256 was not timed
     print("| fpn_channels | head_norm | parameters (M) | s/step | images/s | step time / 256's |")
     print("|---:|---|---:|---:|---:|---:|")
     for (w, norm), s in med.items():
