@@ -67,4 +67,4 @@ else
 fi
 start=$(date +%s)
 "$PY" -m fpsiam experiment "$CONFIG" -o "$OUT" "${SETS[@]}" "$@"
-echo "experiment: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
+[ -n "$REPORT_ONLY" ] || echo "experiment: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
