@@ -58,7 +58,7 @@ p = load_config(ExperimentConfig, sys.argv[1]).pretrain; print(p.train.epochs, p
         "$CONFIG")
     start=$(date +%s)
     "$PY" benchmarks/lightly_simsiam.py "$TRAIN" ${IMAGES:+--images "$IMAGES"} -o "$LIGHTLY" --arch resnet18 \
-        --size "$SIZE" --batch "$BATCH" --epochs "$EPOCHS" --probe "$TRAIN" | tee -a "$OUT/lightly_simsiam.log"
+        --size "$SIZE" --batch "$BATCH" --epochs "$EPOCHS" --probe "$TRAIN" --probe-every 20 | tee -a "$OUT/lightly_simsiam.log"
     echo "lightly_simsiam pretraining: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
   fi
   SETS+=(--set "weights=[lightly_simsiam=$LIGHTLY]")
