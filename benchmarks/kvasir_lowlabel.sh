@@ -52,13 +52,13 @@ if [ -n "${QUICK:-}" ]; then
 elif "$PY" -c "import lightly" 2>/dev/null; then
   LIGHTLY="$OUT/lightly_simsiam_r18.safetensors"
   if [ ! -f "$LIGHTLY" ] && [ -z "$REPORT_ONLY" ]; then
-    # the same budget as our pretraining in $CONFIG (epochs, size, batch)
-    read -r EPOCHS SIZE BATCH < <("$PY" -c "import sys; from fpsiam.config import ExperimentConfig, load_config; \
-p = load_config(ExperimentConfig, sys.argv[1]).pretrain; print(p.train.epochs, p.data.size, p.train.batch_size)" \
+    # the same budget as our pretraining in $CONFIG (epochs, size, batch), probed as often
+    read -r EPOCHS SIZE BATCH PROBE_EVERY < <("$PY" -c "import sys; from fpsiam.config import ExperimentConfig, load_config; \
+p = load_config(ExperimentConfig, sys.argv[1]).pretrain; print(p.train.epochs, p.data.size, p.train.batch_size, p.probe.every)" \
         "$CONFIG")
     start=$(date +%s)
     "$PY" benchmarks/lightly_simsiam.py "$TRAIN" ${IMAGES:+--images "$IMAGES"} -o "$LIGHTLY" --arch resnet18 \
-        --size "$SIZE" --batch "$BATCH" --epochs "$EPOCHS" --probe "$TRAIN" --probe-every 20 | tee -a "$OUT/lightly_simsiam.log"
+        --size "$SIZE" --batch "$BATCH" --epochs "$EPOCHS" --probe "$TRAIN" --probe-every "$PROBE_EVERY" | tee -a "$OUT/lightly_simsiam.log"
     echo "lightly_simsiam pretraining: $(( $(date +%s) - start )) s" | tee -a "$OUT/times.txt"
   fi
   SETS+=(--set "weights=[lightly_simsiam=$LIGHTLY]")
