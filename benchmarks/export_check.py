@@ -47,16 +47,17 @@ def main() -> None:
     print(f"{report['machine']}; {report['images']} images of {args.ann}, threshold {args.threshold}")
     print(
         "| backend | s/image | speed vs eager | detections | count-mismatch images | unmatched | boundary "
-        "| min IoU | max score diff | ok |"
+        "| tie swaps | min IoU | max score diff | ok |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in report["backends"].items():
         if name == "torch":
-            print(f"| PyTorch eager | {eager:.4f} | 1.00 | {r['detections']} | — | — | — | — | — | — |")
+            print(f"| PyTorch eager | {eager:.4f} | 1.00 | {r['detections']} | — | — | — | — | — | — | — |")
             continue
         print(
             f"| {name} | {r['seconds_per_image']:.4f} | {eager / r['seconds_per_image']:.2f}x | {r['detections']} "
-            f"| {r['count_mismatch_images']} | {r['unmatched']} | {r['boundary']} | {r['min_iou']:.4f} "
+            f"| {r['count_mismatch_images']} | {r['unmatched']} | {r['boundary']} | {r['tie_swaps']} "
+            f"| {r['min_iou']:.4f} "
             f"| {r['max_score_diff']:.2e} | {r['ok']} |"
         )
     if args.output:

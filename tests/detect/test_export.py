@@ -11,7 +11,7 @@ import torch
 
 from fpsiam.api import Detector
 from fpsiam.data.synthetic import SynthOptions, generate
-from fpsiam.detect.export import compare_backends, export_model, load_onnx, load_torchscript
+from fpsiam.detect.export import compare_backends, compare_outputs, export_model, load_onnx, load_torchscript
 from fpsiam.detect.models import build_detector, save_detector
 from fpsiam.errors import FpsiamError
 
@@ -65,6 +65,30 @@ def test_onnx_and_torchscript_give_the_eager_boxes(kind, exported, images):
             assert r["min_iou"] >= 0.99 and r["max_score_diff"] <= 1e-3 and r["unmatched"] == 0
             if threshold == 0.3:  # no score near this threshold: the counts are equal image by image
                 assert r["count_mismatch_images"] == 0 and r["detections"] == eager
+
+
+def dets(boxes, scores) -> dict[str, np.ndarray]:
+    return {"boxes": np.asarray(boxes, np.float64).reshape(-1, 4), "scores": np.asarray(scores, np.float64),
+            "labels": np.ones(len(scores), np.int64)}  # fmt: skip
+
+
+def test_compare_outputs_tells_tie_swaps_from_moved_boxes():
+    a, b = [0, 0, 40, 40], [100, 100, 140, 140]
+    shifted = [4, 0, 44, 40]  # IoU 36/44 = 0.82 with a: above NMS's 0.5, so NMS keeps one of a and shifted
+    far = [20, 0, 60, 40]  # IoU 1/3 with a: NMS keeps both, so a backend that returns it instead moved a box
+    same = compare_outputs(dets([a, b], [0.8, 0.6]), dets([a, b], [0.8, 0.6]), 0.5)
+    assert same["min_iou"] == 1.0 and same["tie_swaps"] == same["unmatched"] == same["boundary"] == 0
+    tie = compare_outputs(dets([a, b], [0.8, 0.6]), dets([shifted, b], [0.8, 0.6]), 0.5)
+    assert tie["tie_swaps"] == 1 and tie["min_iou"] == 1.0 and tie["max_score_diff"] == 0.0
+    moved = compare_outputs(dets([a, b], [0.8, 0.6]), dets([shifted, b], [0.7, 0.6]), 0.5)  # not a tie
+    assert moved["tie_swaps"] == 0 and moved["min_iou"] == pytest.approx(36 / 44)
+    apart = compare_outputs(dets([a, b], [0.8, 0.6]), dets([far, b], [0.8, 0.6]), 0.5)
+    assert apart["tie_swaps"] == 0 and apart["min_iou"] == pytest.approx(1 / 3)
+    # a lone box on the threshold is a boundary box; one clear of it is unmatched
+    lone = compare_outputs(dets([a, b], [0.8, 0.5003]), dets([a], [0.8]), 0.5, tol=1e-3)
+    assert lone["boundary"] == 1 and lone["unmatched"] == 0
+    lone = compare_outputs(dets([a, b], [0.8, 0.6]), dets([a], [0.8]), 0.5, tol=1e-3)
+    assert lone["boundary"] == 0 and lone["unmatched"] == 1 and lone["count_ref"] == 2
 
 
 def test_exports_carry_the_inference_metadata(exported):

@@ -262,9 +262,12 @@ def test_onnx_backend_gives_the_torch_boxes(synth, model_file, tmp_path):
     for a, b in zip(check_outputs(tmp_path / "torch", ref, False), check_outputs(tmp_path / "ort", got, False),
                     strict=True):  # fmt: skip
         a, b = arrays(a), arrays(b)
-        diff = compare_outputs(a, b, threshold=0.3, tol=1e-4)  # matched one-to-one: equal scores may swap places
+        # matched one-to-one; this untrained detector scores flat regions alike, so NMS may keep the other of
+        # two equal-scored overlapping boxes (a tie swap, in about 1 run in 20): counted apart, and rare
+        diff = compare_outputs(a, b, threshold=0.3, tol=1e-4, min_iou=0.999)
         assert diff["count_ref"] == diff["count_other"] > 0 and diff["unmatched"] == 0
         assert diff["min_iou"] >= 0.999 and diff["max_score_diff"] <= 1e-4
+        assert diff["tie_swaps"] <= max(1, diff["count_ref"] // 20)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline

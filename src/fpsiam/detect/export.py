@@ -412,13 +412,25 @@ def _pairs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[list[tup
 
 
 def compare_outputs(
-    ref: dict[str, np.ndarray], other: dict[str, np.ndarray], threshold: float, tol: float = 1e-3
+    ref: dict[str, np.ndarray],
+    other: dict[str, np.ndarray],
+    threshold: float,
+    tol: float = 1e-3,
+    *,
+    min_iou: float = 0.99,
+    nms_iou: float = 0.5,
 ) -> dict[str, Any]:
     """How far ``other``'s detections (score >= ``threshold``) are from ``ref``'s, on one image.
 
     Boxes are matched one-to-one by IoU (Hungarian). Returns the counts, the smallest matched IoU, the largest
     score difference, and ``unmatched``: boxes without a partner, except ``boundary`` ones whose score lies
     within ``tol`` of the threshold (the other backend may put them on the other side of it).
+
+    ``tie_swaps``: matched pairs below ``min_iou`` whose scores agree within ``tol`` and which overlap by more
+    than ``nms_iou``. Two candidates with (near) equal scores that overlap that much are ones NMS keeps only
+    one of, and which one depends on the order in which a backend sorts equal scores (flat image regions give
+    bit-equal scores at neighbouring anchors). They are counted, not hidden: ``min_iou`` is over the other
+    pairs, so it still catches a box the backend moved.
     """
     ref = {k: v[ref["scores"] >= threshold - tol] for k, v in ref.items()}
     other = {k: v[other["scores"] >= threshold - tol] for k, v in other.items()}
@@ -428,13 +440,17 @@ def compare_outputs(
     lone = [float(s) for i, s in enumerate(ref["scores"]) if i not in matched_ref]
     lone += [float(s) for i, s in enumerate(other["scores"]) if i not in matched_other]
     strict = [s for s in lone if s >= threshold + tol]
+    diffs = {(r, c): abs(float(ref["scores"][r] - other["scores"][c])) for r, c in pairs}
+    swaps = [(r, c) for r, c in pairs if nms_iou < iou[r, c] < min_iou and diffs[r, c] <= tol]
+    kept = [(r, c) for r, c in pairs if (r, c) not in swaps]
     return {
         "count_ref": int((ref["scores"] >= threshold).sum()),
         "count_other": int((other["scores"] >= threshold).sum()),
-        "min_iou": min((float(iou[r, c]) for r, c in pairs), default=None),
-        "max_score_diff": max((abs(float(ref["scores"][r] - other["scores"][c])) for r, c in pairs), default=None),
+        "min_iou": min((float(iou[r, c]) for r, c in kept), default=None),
+        "max_score_diff": max(diffs.values(), default=None),
         "unmatched": len(strict),
         "boundary": len(lone) - len(strict),
+        "tie_swaps": len(swaps),
     }
 
 
@@ -453,10 +469,11 @@ def compare_backends(
 
     ``images``: anything :meth:`fpsiam.api.Detector.predict` takes (paths, PIL, numpy, tensors). Per backend:
     the images where the counts above ``threshold`` differ, the smallest matched IoU, the largest score
-    difference, unmatched and boundary boxes (see :func:`compare_outputs`), seconds per image, and ``ok``:
-    every box clear of the threshold (by more than ``max_score_diff``) has a partner, with IoU >= ``min_iou``
-    and a score within ``max_score_diff`` (so counts differ at most by boxes on the threshold, which
-    ``count_mismatch_images`` shows). An export made from another model file is an FpsiamError (sha256 differs).
+    difference, unmatched, boundary and tie-swapped boxes (see :func:`compare_outputs`), seconds per image,
+    and ``ok``: every box clear of the threshold (by more than ``max_score_diff``) has a partner, with IoU >=
+    ``min_iou`` (or a tie swap) and a score within ``max_score_diff`` (so counts differ at most by boxes on the
+    threshold, which ``count_mismatch_images`` shows). An export made from another model file is an FpsiamError
+    (sha256 differs).
     """
     from fpsiam.api import Detector, to_tensor
 
@@ -476,7 +493,8 @@ def compare_backends(
         if other.meta.get("source_sha256") != digest:
             raise FpsiamError(f"{path}: exported from another model file than {model_path}; export this model again")
         outs, seconds = _run_all(other, frames)
-        per_image = [compare_outputs(a, b, threshold, max_score_diff) for a, b in zip(ref, outs, strict=True)]
+        per_image = [compare_outputs(a, b, threshold, max_score_diff, min_iou=min_iou)
+                     for a, b in zip(ref, outs, strict=True)]  # fmt: skip
         report["backends"][name] = _summarise(per_image, seconds, outs, threshold, min_iou, max_score_diff)
     return report
 
@@ -504,6 +522,7 @@ def _summarise(per_image: list[dict], seconds: float, outs: list, threshold: flo
         "count_mismatch_images": count_mismatch,
         "unmatched": unmatched,
         "boundary": sum(r["boundary"] for r in per_image),
+        "tie_swaps": sum(r["tie_swaps"] for r in per_image),
         "min_iou": worst_iou,
         "max_score_diff": worst_diff,
         "ok": unmatched == 0 and worst_iou >= min_iou and worst_diff <= max_diff,
